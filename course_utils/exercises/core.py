@@ -1,0 +1,226 @@
+"""The exercise model shared by the in-notebook checks and the grader.
+
+An :class:`Exercise` says what the learner defines (a function or class called ``name``),
+how to make test cases (visible ones with a fixed seed, hidden ones with the grader's seed),
+how to run an object on a case (``run``: executed wherever the learner's object lives), and
+the reference object whose outputs are the expected values. Expected values are always
+computed from ``course_utils.reference`` or other trusted course code, in the checker's own
+process, and compared by :func:`compare`, which explains a mismatch in plain words.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Case", "Exercise", "compare", "call_with_args", "rel_error", "numerical_gradient",
+           "FORBIDDEN_CALLS"]
+
+# Calls that would let an exercise hand back torch's answer instead of computing it.
+FORBIDDEN_CALLS = (
+    "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "BatchNorm1d",
+    "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
+    "InstanceNorm3d", "RMSNorm", "LazyBatchNorm1d", "LazyBatchNorm2d", "native_batch_norm",
+    "native_layer_norm", "native_group_norm",
+)
+
+
+@dataclass
+class Case:
+    """One test case: positional and keyword arguments, a label for messages, extra data."""
+
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    label: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+def call_with_args(obj: Callable, case: Case) -> Any:
+    """Default ``run``: ``obj(*case.args, **case.kwargs)`` on deep copies of the arguments."""
+    args = copy.deepcopy(case.args)
+    kwargs = copy.deepcopy(case.kwargs)
+    return obj(*args, **kwargs)
+
+
+@dataclass
+class Exercise:
+    """One graded exercise.
+
+    Attributes:
+        id: ``"LL.name"``, for example ``"03.batch_norm_forward"`` (LL = lesson number).
+        name: the function or class the learner defines.
+        points: what it is worth in the grader.
+        title: one line saying what to implement.
+        reference: zero-argument callable returning the trusted object to compare with.
+        cases: ``cases(rng, hidden)`` -> list of :class:`Case`. ``hidden=False`` gives the
+            visible cases the notebook check uses (called with a fixed seed); ``hidden=True``
+            the grader's (randomised shapes and values, from the grader's seed).
+        run: ``run(obj, case)`` -> plain outputs (arrays, tensors, numbers, strings, tuples,
+            dicts). Runs in the learner's process for their object, and in the checker's
+            process for the reference.
+        hints: revealed one at a time by :func:`course_utils.hint`.
+        atol, rtol: tolerance for numeric comparison.
+        diagnose: optional ``diagnose(got, expected, case)`` -> message or None, tried before
+            the generic comparison to give a more specific verdict (for example "running
+            statistics not updated").
+        forbidden: names the exercise must not call (the grader scores 0 if it does).
+    """
+
+    id: str
+    name: str
+    points: int
+    title: str
+    reference: Callable[[], Any]
+    cases: Callable[[np.random.Generator, bool], list[Case]]
+    run: Callable[[Any, Case], Any] = call_with_args
+    hints: Sequence[str] = ()
+    atol: float = 1e-6
+    rtol: float = 1e-5
+    diagnose: Callable[[Any, Any, Case], str | None] | None = None
+    forbidden: Sequence[str] = FORBIDDEN_CALLS
+
+    @property
+    def lesson(self) -> str:
+        """The two-digit lesson number, from the id."""
+        return self.id.split(".", 1)[0]
+
+    def expected(self, case: Case) -> Any:
+        """The reference's outputs on ``case``."""
+        return self.run(self.reference(), case)
+
+    def judge(self, got: Any, case: Case) -> str | None:
+        """None when ``got`` is right for ``case``, else a message saying what is wrong."""
+        expected = self.expected(case)
+        if self.diagnose is not None:
+            msg = self.diagnose(got, expected, case)
+            if msg:
+                return msg
+        return compare(got, expected, atol=self.atol, rtol=self.rtol)
+
+
+def _to_numpy(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def compare(got: Any, expected: Any, name: str = "output", atol: float = 1e-6,
+            rtol: float = 1e-5) -> str | None:
+    """Compare a learner's output with the expected one; None if they match.
+
+    Handles arrays and tensors (shape, NaN/inf, largest error and where), numbers, strings,
+    booleans, and tuples / lists / dicts of these (each part named in the message).
+    """
+    got, expected = _to_numpy(got), _to_numpy(expected)
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            return f"{name}: expected a dict with keys {sorted(expected)}, got {type(got).__name__}"
+        for key in expected:
+            if key not in got:
+                return f"{name}: missing {key!r}"
+            msg = compare(got[key], expected[key], f"{key}" if name == "output" else f"{name}[{key!r}]",
+                          atol, rtol)
+            if msg:
+                return msg
+        return None
+    if isinstance(expected, tuple):
+        if got is None:
+            return f"{name}: returned None - did you forget a `return` statement?"
+        if not isinstance(got, (tuple, list)):
+            return (f"{name}: expected {len(expected)} values (a tuple), got a single "
+                    f"{type(got).__name__}")
+        if len(got) != len(expected):
+            return f"{name}: expected {len(expected)} values, got {len(got)}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            msg = compare(g, e, f"{name}[{i}]", atol, rtol)
+            if msg:
+                return msg
+        return None
+    if expected is None:
+        return None if got is None else f"{name}: expected None, got {type(got).__name__}"
+    if isinstance(expected, str):
+        if not isinstance(got, str):
+            return f"{name}: expected a string, got {type(got).__name__}"
+        if got.strip().lower() != expected.strip().lower():
+            return f"{name}: {got!r} is not the right answer"
+        return None
+    if isinstance(expected, (bool, np.bool_)):
+        if got is None or bool(got) != bool(expected):
+            return f"{name}: expected {bool(expected)}, got {got!r}"
+        return None
+    if got is None:
+        return f"{name}: returned None - did you forget a `return` statement?"
+    if isinstance(got, (str, bytes, dict, tuple)):
+        return f"{name}: expected an array of numbers, got {type(got).__name__}"
+    try:
+        g = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
+        return f"{name}: expected numbers, got {type(got).__name__}"
+    e = np.asarray(expected, dtype=np.float64)
+    if g.shape != e.shape:
+        return f"{name}: wrong shape {tuple(g.shape)}, expected {tuple(e.shape)}"
+    bad = ~np.isfinite(g) & np.isfinite(e)
+    if bad.any():
+        kinds = "NaN" if np.isnan(g[bad]).any() else "inf"
+        return (f"{name}: contains {kinds} ({int(bad.sum())} of {g.size} values) where finite "
+                f"values were expected - look for a division by zero or a square root of a "
+                f"negative number")
+    if g.size == 0:
+        return None
+    err = np.abs(g - e)
+    err = np.where(np.isfinite(e), err, np.where(g == e, 0.0, np.inf))
+    tol = atol + rtol * np.abs(np.where(np.isfinite(e), e, 0.0))
+    if (err <= tol).all():
+        return None
+    idx = np.unravel_index(int(np.argmax(err - tol)), err.shape)
+    where = f" at index {tuple(int(i) for i in idx)}" if g.ndim else ""
+    return (f"{name}: wrong values - largest error {_fmt(float(err[idx]))}{where} "
+            f"(got {_fmt(float(g[idx]))}, expected {_fmt(float(e[idx]))}); "
+            f"{int((err > tol).sum())} of {g.size} values are off")
+
+
+def rel_error(a: Any, b: Any) -> float:
+    """CS231n's relative error max |a - b| / max(1e-8, |a| + |b|), elementwise max."""
+    a = np.asarray(_to_numpy(a), dtype=np.float64)
+    b = np.asarray(_to_numpy(b), dtype=np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
+
+
+def numerical_gradient(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+                       grad_out: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    """Central-difference gradient of sum(f(x) * grad_out) with respect to x, in float64.
+
+    Args:
+        f: maps an array shaped like ``x`` to an array shaped like ``grad_out``.
+        x: the point, any shape. grad_out: the upstream gradient.
+    Returns:
+        An array shaped like ``x``.
+    """
+    x = np.array(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + h
+        plus = np.sum(np.asarray(f(x.copy())) * grad_out)
+        x[i] = old - h
+        minus = np.sum(np.asarray(f(x.copy())) * grad_out)
+        x[i] = old
+        grad[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+def is_close_enough(a: float, b: float, tol: float) -> bool:
+    """|a - b| <= tol, treating NaN as never close."""
+    return not (math.isnan(a) or math.isnan(b)) and abs(a - b) <= tol
