@@ -19,16 +19,63 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Case", "Exercise", "compare", "call_with_args", "rel_error", "numerical_gradient",
-           "FORBIDDEN_CALLS"]
+__all__ = [
+    "Case",
+    "Exercise",
+    "compare",
+    "call_with_args",
+    "rel_error",
+    "numerical_gradient",
+    "autograd_gradients",
+    "gradient_diagnosis",
+    "running_stats_diagnosis",
+    "train_eval_diagnosis",
+    "FORBIDDEN_CALLS",
+]
 
-# Calls that would let an exercise hand back torch's answer instead of computing it.
+# Calls that would let an exercise hand back torch's answer instead of computing it: the
+# functional forms, the nn modules, and the ATen entry points behind them. ``torch.var_mean``,
+# ``torch.mean`` and friends are fine: they compute statistics, not the normalization.
 FORBIDDEN_CALLS = (
-    "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "BatchNorm1d",
-    "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
-    "InstanceNorm3d", "RMSNorm", "LazyBatchNorm1d", "LazyBatchNorm2d", "native_batch_norm",
-    "native_layer_norm", "native_group_norm",
+    "batch_norm",
+    "layer_norm",
+    "group_norm",
+    "instance_norm",
+    "rms_norm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "LayerNorm",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "RMSNorm",
+    "SyncBatchNorm",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
+    "LazyInstanceNorm1d",
+    "LazyInstanceNorm2d",
+    "LazyInstanceNorm3d",
+    "native_batch_norm",
+    "native_layer_norm",
+    "native_group_norm",
+    "_batch_norm_impl_index",
+    "_native_batch_norm_legit",
+    "_native_batch_norm_legit_no_training",
+    "_fused_rms_norm",
+    "batch_norm_elemt",
+    "batch_norm_stats",
+    "batch_norm_update_stats",
+    "batch_norm_gather_stats",
+    "batch_norm_gather_stats_with_counts",
+    "cudnn_batch_norm",
+    "miopen_batch_norm",
+    "quantized_batch_norm",
 )
+
+_NOT_GIVEN: Any = object()
 
 
 @dataclass
@@ -69,7 +116,11 @@ class Exercise:
         diagnose: optional ``diagnose(got, expected, case)`` -> message or None, tried before
             the generic comparison to give a more specific verdict (for example "running
             statistics not updated").
-        forbidden: names the exercise must not call (the grader scores 0 if it does).
+        forbidden: names the exercise must not call (the grader scores 0 if it does);
+            ``()`` allows torch's normalization (an exercise that uses ``nn.LayerNorm``).
+        time_limit: seconds the grader allows this exercise's cases at least (for an
+            exercise that trains a model); the grader uses the larger of this and its
+            ``--timeout``. None: ``--timeout`` alone.
     """
 
     id: str
@@ -84,6 +135,7 @@ class Exercise:
     rtol: float = 1e-5
     diagnose: Callable[[Any, Any, Case], str | None] | None = None
     forbidden: Sequence[str] = FORBIDDEN_CALLS
+    time_limit: float | None = None
 
     @property
     def lesson(self) -> str:
@@ -94,9 +146,13 @@ class Exercise:
         """The reference's outputs on ``case``."""
         return self.run(self.reference(), case)
 
-    def judge(self, got: Any, case: Case) -> str | None:
-        """None when ``got`` is right for ``case``, else a message saying what is wrong."""
-        expected = self.expected(case)
+    def judge(self, got: Any, case: Case, expected: Any = _NOT_GIVEN) -> str | None:
+        """None when ``got`` is right for ``case``, else a message saying what is wrong.
+
+        ``expected`` (the reference's outputs) is computed from ``case`` when not given.
+        """
+        if expected is _NOT_GIVEN:
+            expected = self.expected(case)
         if self.diagnose is not None:
             msg = self.diagnose(got, expected, case)
             if msg:
@@ -114,8 +170,9 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def compare(got: Any, expected: Any, name: str = "output", atol: float = 1e-6,
-            rtol: float = 1e-5) -> str | None:
+def compare(
+    got: Any, expected: Any, name: str = "output", atol: float = 1e-6, rtol: float = 1e-5
+) -> str | None:
     """Compare a learner's output with the expected one; None if they match.
 
     Handles arrays and tensors (shape, NaN/inf, largest error and where), numbers, strings,
@@ -128,8 +185,13 @@ def compare(got: Any, expected: Any, name: str = "output", atol: float = 1e-6,
         for key in expected:
             if key not in got:
                 return f"{name}: missing {key!r}"
-            msg = compare(got[key], expected[key], f"{key}" if name == "output" else f"{name}[{key!r}]",
-                          atol, rtol)
+            msg = compare(
+                got[key],
+                expected[key],
+                f"{key}" if name == "output" else f"{name}[{key!r}]",
+                atol,
+                rtol,
+            )
             if msg:
                 return msg
         return None
@@ -137,8 +199,10 @@ def compare(got: Any, expected: Any, name: str = "output", atol: float = 1e-6,
         if got is None:
             return f"{name}: returned None - did you forget a `return` statement?"
         if not isinstance(got, (tuple, list)):
-            return (f"{name}: expected {len(expected)} values (a tuple), got a single "
-                    f"{type(got).__name__}")
+            return (
+                f"{name}: expected {len(expected)} values (a tuple), got a single "
+                f"{type(got).__name__}"
+            )
         if len(got) != len(expected):
             return f"{name}: expected {len(expected)} values, got {len(got)}"
         for i, (g, e) in enumerate(zip(got, expected)):
@@ -172,9 +236,11 @@ def compare(got: Any, expected: Any, name: str = "output", atol: float = 1e-6,
     bad = ~np.isfinite(g) & np.isfinite(e)
     if bad.any():
         kinds = "NaN" if np.isnan(g[bad]).any() else "inf"
-        return (f"{name}: contains {kinds} ({int(bad.sum())} of {g.size} values) where finite "
-                f"values were expected - look for a division by zero or a square root of a "
-                f"negative number")
+        return (
+            f"{name}: contains {kinds} ({int(bad.sum())} of {g.size} values) where finite "
+            f"values were expected - look for a division by zero or a square root of a "
+            f"negative number"
+        )
     if g.size == 0:
         return None
     err = np.abs(g - e)
@@ -184,9 +250,11 @@ def compare(got: Any, expected: Any, name: str = "output", atol: float = 1e-6,
         return None
     idx = np.unravel_index(int(np.argmax(err - tol)), err.shape)
     where = f" at index {tuple(int(i) for i in idx)}" if g.ndim else ""
-    return (f"{name}: wrong values - largest error {_fmt(float(err[idx]))}{where} "
-            f"(got {_fmt(float(g[idx]))}, expected {_fmt(float(e[idx]))}); "
-            f"{int((err > tol).sum())} of {g.size} values are off")
+    return (
+        f"{name}: wrong values - largest error {_fmt(float(err[idx]))}{where} "
+        f"(got {_fmt(float(g[idx]))}, expected {_fmt(float(e[idx]))}); "
+        f"{int((err > tol).sum())} of {g.size} values are off"
+    )
 
 
 def rel_error(a: Any, b: Any) -> float:
@@ -196,8 +264,9 @@ def rel_error(a: Any, b: Any) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
 
 
-def numerical_gradient(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
-                       grad_out: np.ndarray, h: float = 1e-5) -> np.ndarray:
+def numerical_gradient(
+    f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, grad_out: np.ndarray, h: float = 1e-5
+) -> np.ndarray:
     """Central-difference gradient of sum(f(x) * grad_out) with respect to x, in float64.
 
     Args:
@@ -224,3 +293,181 @@ def numerical_gradient(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
 def is_close_enough(a: float, b: float, tol: float) -> bool:
     """|a - b| <= tol, treating NaN as never close."""
     return not (math.isnan(a) or math.isnan(b)) and abs(a - b) <= tol
+
+
+# --------------------------------------------------------------------------------------
+# Helpers for an exercise's ``diagnose``: gradients, running statistics, train/eval modes.
+# They return a learner-facing sentence, or None when nothing specific is wrong.
+# --------------------------------------------------------------------------------------
+
+
+def autograd_gradients(
+    fn: Callable[..., torch.Tensor], inputs: Sequence[Any], grad_out: Any
+) -> list[np.ndarray | None]:
+    """Gradients of ``sum(fn(*inputs) * grad_out)`` by torch.autograd, in float64.
+
+    Args:
+        fn: maps float64 tensors (one per input, same shapes) to a tensor shaped like
+            ``grad_out``; typically a torch formula of the forward pass.
+        inputs: arrays or tensors, any shapes; ``None`` entries are passed as ``None`` and
+            get a ``None`` gradient.
+        grad_out: the upstream gradient, shaped like ``fn``'s output.
+    Returns:
+        One array per input, shaped like that input (zeros where the output does not
+        depend on it), or ``None`` for ``None`` inputs.
+    """
+    tensors = [
+        None
+        if a is None
+        else torch.tensor(np.asarray(_to_numpy(a), dtype=np.float64), requires_grad=True)
+        for a in inputs
+    ]
+    out = fn(*tensors)
+    out.backward(torch.as_tensor(np.asarray(_to_numpy(grad_out), dtype=np.float64)))
+    grads: list[np.ndarray | None] = []
+    for t in tensors:
+        if t is None:
+            grads.append(None)
+        else:
+            grads.append(np.zeros(tuple(t.shape)) if t.grad is None else t.grad.numpy().copy())
+    return grads
+
+
+def gradient_diagnosis(
+    got: Any,
+    references: dict[str, Any],
+    name: str = "dx",
+    threshold: float = 1e-5,
+    atol: float = 1e-8,
+) -> str | None:
+    """Judge a learner's gradient against independent references (CS231n relative error).
+
+    Use it in an exercise's ``diagnose`` with a numerical gradient
+    (:func:`numerical_gradient`, central differences in float64) and torch.autograd
+    (:func:`autograd_gradients`), so a wrong formula is reported against both.
+
+    Args:
+        got: the learner's gradient (array or tensor), shape S.
+        references: ``{description: array of shape S}``, for example
+            ``{"the numerical gradient": num, "torch.autograd": auto}``.
+        name: what the gradient is called in the message (``"dx"``, ``"dgamma"``).
+        threshold: the largest acceptable relative error
+            ``|a - b| / max(1e-8, |a| + |b|)``; CS231n: below 1e-7 is excellent, above
+            1e-2 is wrong. Float32 computations land near 1e-6.
+        atol: differences smaller than this never count (relative errors of values that
+            are both ~0 are noise).
+    Returns:
+        None when ``got`` agrees with every reference, else one sentence naming the
+        relative error against each reference and where the largest difference is.
+    """
+    if got is None:
+        return f"{name}: returned None - did you forget to return the gradient?"
+    try:
+        g = np.asarray(_to_numpy(got), dtype=np.float64)
+    except (TypeError, ValueError):
+        return f"{name}: expected an array of numbers, got {type(got).__name__}"
+    parts, worst = [], None
+    for label, ref in references.items():
+        r = np.asarray(_to_numpy(ref), dtype=np.float64)
+        if g.shape != r.shape:
+            return f"{name}: wrong shape {tuple(g.shape)}, expected {tuple(r.shape)}"
+        if not np.isfinite(g).all():
+            kind = "NaN" if np.isnan(g).any() else "inf"
+            return f"{name}: contains {kind} - look for a division by zero"
+        diff = np.abs(g - r)
+        rel = diff / np.maximum(1e-8, np.abs(g) + np.abs(r))
+        bad = (rel > threshold) & (diff > atol)
+        if bad.any():
+            parts.append(f"{float(np.max(np.where(bad, rel, 0.0))):.1e} against {label}")
+            if worst is None:
+                idx = np.unravel_index(int(np.argmax(np.where(bad, diff, -1.0))), diff.shape)
+                worst = (idx, g[idx], r[idx])
+    if not parts:
+        return None
+    idx, gv, rv = worst
+    where = f" at index {tuple(int(i) for i in idx)}" if g.ndim else ""
+    return (
+        f"{name}: wrong gradient - relative error {', '.join(parts)} (should be below "
+        f"{threshold:.0e}); largest difference{where}: got {_fmt(float(gv))}, "
+        f"expected {_fmt(float(rv))}"
+    )
+
+
+def _close(a: Any, b: Any, atol: float, rtol: float) -> bool:
+    try:
+        a = np.asarray(_to_numpy(a), dtype=np.float64)
+        b = np.asarray(_to_numpy(b), dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return a.shape == b.shape and bool(np.allclose(a, b, atol=atol, rtol=rtol, equal_nan=True))
+
+
+def running_stats_diagnosis(
+    got: dict[str, Any],
+    expected: dict[str, Any],
+    initial: dict[str, Any],
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+    advice: str = "",
+) -> str | None:
+    """Say what is wrong with running statistics after training-mode calls.
+
+    Args:
+        got: the learner's buffers after the calls, e.g. ``{"running_mean": (C,) array}``.
+        expected: the reference's buffers after the same calls (same keys and shapes).
+        initial: the buffers before the calls.
+        advice: appended to a "wrong update" message (for example the momentum formula).
+    Returns:
+        "running statistics not updated: ..." when a buffer still holds its initial
+        value, a located value mismatch when it was updated wrongly, else None.
+    """
+    for key, exp in expected.items():
+        if not isinstance(got, dict) or key not in got:
+            return f"running statistics: {key} is missing from the output"
+        g = got[key]
+        if compare(g, exp, key, atol, rtol) is None:
+            continue
+        if key in initial and _close(g, initial[key], atol, rtol):
+            return (
+                f"running statistics not updated: {key} still holds its initial values after "
+                "a training-mode call - update it in place with the batch statistics "
+                "(running = (1 - momentum) * running + momentum * batch)"
+            )
+        msg = f"running statistics updated wrongly: {compare(g, exp, key, atol, rtol)}"
+        return f"{msg}; {advice}" if advice else msg
+    return None
+
+
+def train_eval_diagnosis(
+    got_train: Any,
+    got_eval: Any,
+    expected_train: Any,
+    expected_eval: Any,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+) -> str | None:
+    """Say when the learner's train and eval modes behave the wrong way round.
+
+    Args:
+        got_train, got_eval: the learner's outputs in training and evaluation mode on the
+            same input (same shapes).
+        expected_train, expected_eval: the reference's outputs for the same calls.
+    Returns:
+        A "wrong train/eval behaviour" sentence when eval mode uses batch statistics (or
+        training mode uses the running ones), else None (leave it to :func:`compare`).
+    """
+    if _close(expected_train, expected_eval, atol, rtol):
+        return None  # the two modes agree for this case: nothing to tell apart
+    if _close(got_eval, expected_train, atol, rtol) or (
+        _close(got_eval, got_train, atol, rtol) and _close(got_train, expected_train, atol, rtol)
+    ):
+        return (
+            "wrong train/eval behaviour: in eval mode your output equals the training-mode "
+            "output - normalize with the running statistics in eval mode, not the batch's own"
+        )
+    if _close(got_train, expected_eval, atol, rtol):
+        return (
+            "wrong train/eval behaviour: in training mode your output uses the running "
+            "statistics - normalize with the batch's own statistics while training"
+        )
+    return None

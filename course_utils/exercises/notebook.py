@@ -1,5 +1,10 @@
 """The learner's side: ``check(id, obj)`` runs the visible tests and shows one verdict;
-``hint(id)`` reveals the next hint."""
+``hint(id)`` reveals the next hint.
+
+A check never raises because of the learner's code (an exception, ``sys.exit()``, a NaN, a
+wrong type all become a verdict), so it cannot stop the kernel; only an interrupt
+(the stop button) goes through.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,29 @@ import html
 import linecache
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .core import Exercise
 from .registry import get_exercise
 
-__all__ = ["Verdict", "verify", "check", "hint", "describe_exception", "VISIBLE_SEED"]
+__all__ = [
+    "Verdict",
+    "verify",
+    "check",
+    "hint",
+    "reset_hints",
+    "describe_exception",
+    "VISIBLE_SEED",
+]
 
 VISIBLE_SEED = 1234
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_MAX_MESSAGE = 300
 _hints_shown: dict[str, int] = {}
 
 
@@ -41,12 +57,40 @@ class Verdict:
     def _repr_html_(self) -> str:
         colour = {"passed": "#1a7f37", "failed": "#b35900", "not started": "#57606a"}[self.status]
         icon = {"passed": "&#10004;", "failed": "&#10008;", "not started": "&#9675;"}[self.status]
-        return (f'<div style="border-left:4px solid {colour};padding:4px 8px;font-family:sans-serif">'
-                f'<b style="color:{colour}">{icon} {self.status.upper()}</b> '
-                f"<code>{html.escape(self.exercise_id)}</code>: {html.escape(self.message)}</div>")
+        return (
+            f'<div style="border-left:4px solid {colour};padding:4px 8px;font-family:sans-serif">'
+            f'<b style="color:{colour}">{icon} {self.status.upper()}</b> '
+            f"<code>{html.escape(self.exercise_id)}</code>: {html.escape(self.message)}</div>"
+        )
 
     def __repr__(self) -> str:
         return str(self)
+
+    def _ipython_display_(self) -> None:
+        # check() has already shown this verdict; showing the returned value again as the
+        # cell's result would print it twice.
+        if getattr(self, "_shown", False):
+            self._shown = False
+            return
+        _show(self)
+
+
+def _show(verdict: Verdict) -> None:
+    """Display a verdict: coloured HTML in a notebook, one text line elsewhere."""
+    shell = None
+    if "IPython" in sys.modules:
+        try:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+        except Exception:  # an odd IPython install must not break the check
+            shell = None
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        from IPython.display import display
+
+        display({"text/plain": str(verdict), "text/html": verdict._repr_html_()}, raw=True)
+    else:
+        print(verdict, flush=True)
 
 
 def _is_learner_frame(filename: str) -> bool:
@@ -55,61 +99,113 @@ def _is_learner_frame(filename: str) -> bool:
     return not any(part in filename for part in ("site-packages", "/lib/python", "<frozen"))
 
 
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
 def describe_exception(exc: BaseException) -> str:
-    """``TypeError: message (line 7: x_hat = ...)`` without the traceback wall."""
-    text = f"{type(exc).__name__}: {exc}".strip()
-    if len(text) > 300:
-        text = text[:300] + "..."
+    """``TypeError: message (in f, line 7: x_hat = ...)`` without the traceback wall.
+
+    The location is the last frame in the learner's own code (frames of course_utils,
+    numpy, torch are skipped), so the line shown is one the learner wrote.
+    """
+    if isinstance(exc, SystemExit):
+        return (
+            "SystemExit: sys.exit() or exit() was called, which stops the kernel - return instead"
+        )
+    if isinstance(exc, SyntaxError):
+        where = f" (line {exc.lineno}: {exc.text.strip()})" if exc.text else f" (line {exc.lineno})"
+        return _one_line(f"{type(exc).__name__}: {exc.msg}") + where
+    text = _one_line(f"{type(exc).__name__}: {exc}".strip())
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_learner_frame(f.filename)]
     if frames:
         f = frames[-1]
-        line = (f.line or linecache.getline(f.filename, f.lineno)).strip()
-        text += f" (in {f.name}, line {f.lineno}: {line})" if line else f" (in {f.name}, line {f.lineno})"
+        line = (f.line or linecache.getline(f.filename, f.lineno or 0)).strip()
+        loc = f"in {f.name}, line {f.lineno}"
+        text += f" ({loc}: {_one_line(line)})" if line else f" ({loc})"
     return text
 
 
-def verify(exercise_id: str, obj: Any) -> Verdict:
-    """Run the visible tests of ``exercise_id`` on ``obj``; never raises for learner errors."""
-    try:
-        ex = get_exercise(exercise_id)
-    except KeyError as e:
-        return Verdict(exercise_id, "failed", str(e.args[0]))
+def _not_callable_message(ex: Exercise, obj: Any) -> str:
+    return (
+        f"expected your {ex.name} itself, got a {type(obj).__name__} - write "
+        f'check("{ex.id}", {ex.name}) without calling {ex.name}'
+    )
+
+
+def verify(exercise: str | Exercise, obj: Any) -> Verdict:
+    """Run the visible tests of an exercise on ``obj``; never raises for learner errors.
+
+    Args:
+        exercise: an exercise id (``"03.batch_norm_forward"``) or an :class:`Exercise`.
+        obj: the learner's function or class.
+    Returns:
+        The :class:`Verdict` of the first failing visible test, or "passed".
+    """
+    if isinstance(exercise, Exercise):
+        ex = exercise
+    else:
+        try:
+            ex = get_exercise(exercise)
+        except KeyError as e:
+            return Verdict(str(exercise), "failed", str(e.args[0]))
     if obj is None:
-        return Verdict(exercise_id, "failed", f"got None instead of your {ex.name}")
+        return Verdict(ex.id, "failed", f"got None instead of your {ex.name}")
+    if not callable(obj):
+        return Verdict(ex.id, "failed", _not_callable_message(ex, obj))
     cases = ex.cases(np.random.default_rng(VISIBLE_SEED), False)
     for i, case in enumerate(cases, 1):
         label = f"test {i} of {len(cases)}" + (f" ({case.label})" if case.label else "")
         try:
-            got = ex.run(obj, case)
+            # NaN and inf are reported by the comparison in plain words; numpy's
+            # RuntimeWarnings on top would only add noise.
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                got = ex.run(obj, case)
         except NotImplementedError:
-            return Verdict(exercise_id, "not started",
-                           f"{ex.name} still holds the placeholder: replace the "
-                           f"`raise NotImplementedError` line with your code.")
-        except (KeyboardInterrupt, SystemExit):
-            raise
+            return Verdict(
+                ex.id,
+                "not started",
+                f"{ex.name} still holds the placeholder: replace the "
+                f"`raise NotImplementedError` line with your code.",
+            )
+        except KeyboardInterrupt:
+            raise  # the learner pressed stop: let the kernel interrupt
         except BaseException as e:  # noqa: BLE001 - any learner error becomes a verdict
-            return Verdict(exercise_id, "failed", f"{label}: raised {describe_exception(e)}")
+            return Verdict(ex.id, "failed", f"{label}: raised {describe_exception(e)}")
         try:
-            msg = ex.judge(got, case)
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                msg = ex.judge(got, case)
         except Exception as e:  # a malformed output that even the comparison chokes on
             msg = f"could not compare your output: {describe_exception(e)}"
         if msg:
-            return Verdict(exercise_id, "failed", f"{label}: {msg}")
-    return Verdict(exercise_id, "passed",
-                   f"all {len(cases)} visible tests pass. Worth {ex.points} point"
-                   f"{'s' if ex.points != 1 else ''}; the grader also runs hidden tests.")
+            return Verdict(ex.id, "failed", f"{label}: {msg}")
+    return Verdict(
+        ex.id,
+        "passed",
+        f"all {len(cases)} visible tests pass. Worth {ex.points} point"
+        f"{'s' if ex.points != 1 else ''}; the grader also runs hidden tests.",
+    )
 
 
 def check(exercise_id: str, obj: Any) -> Verdict:
     """Check an exercise against the visible tests and show one clear verdict.
 
+    The verdict is shown at once (so a check that is not the last line of its cell still
+    shows), and returned for code that wants ``check(...).passed``.
+
     Args:
         exercise_id: for example ``"03.batch_norm_forward"``.
-        obj: the function or class you wrote.
+        obj: the function or class you wrote (not its result).
     Returns:
-        A :class:`Verdict` (shown in the notebook as a coloured line).
+        A :class:`Verdict`.
     """
-    return verify(exercise_id, obj)
+    verdict = verify(exercise_id, obj)
+    _show(verdict)
+    verdict._shown = True  # type: ignore[attr-defined]
+    return verdict
 
 
 def hint(exercise_id: str) -> None:
@@ -124,10 +220,20 @@ def hint(exercise_id: str) -> None:
         return
     n = _hints_shown.get(exercise_id, 0)
     if n >= len(ex.hints):
-        print(f"No more hints for {exercise_id} (all {len(ex.hints)} shown). "
-              "Compare with the reference in course_utils.reference if you are stuck.")
+        print(
+            f"No more hints for {exercise_id} (all {len(ex.hints)} shown). "
+            "Compare with the reference in course_utils.reference if you are stuck."
+        )
         n = len(ex.hints) - 1
     else:
         _hints_shown[exercise_id] = n + 1
     print(f"Hint {n + 1} of {len(ex.hints)} for {exercise_id}: {ex.hints[n]}")
     sys.stdout.flush()
+
+
+def reset_hints(exercise_id: str | None = None) -> None:
+    """Start the hints of one exercise (or of all) from the first again."""
+    if exercise_id is None:
+        _hints_shown.clear()
+    else:
+        _hints_shown.pop(exercise_id, None)

@@ -1,0 +1,100 @@
+"""How long the grader takes for a class: 100 copies of the solved lesson 00.
+
+    python -m course_utils.bench_grader [N]
+
+Times :func:`course_utils.grading.grade` on N copies of ``solutions/00_start_here.ipynb``
+(a minimal solved lesson-00 notebook when that file is absent), after the imports, with the
+default settings (2 workers). Every copy must score full marks, or the figure means nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .build import ROOT
+from .grading import grade
+
+__all__ = ["bench_grader", "solved_lesson00"]
+
+_SOLVED_CELL = '''def standardize_columns(x, eps=1e-5):
+    """Standardize each column of x: (N, D) -> (N, D)."""
+    ### BEGIN SOLUTION
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    var = ((x - mean) ** 2).mean(axis=0)
+    return (x - mean) / np.sqrt(var + eps)
+    ### END SOLUTION
+'''
+
+
+def solved_lesson00() -> dict:
+    """The solved lesson-00 notebook (the real one when present) as a JSON dict."""
+    path = ROOT / "solutions" / "00_start_here.ipynb"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {"tags": ["setup"]},
+                "source": "import numpy as np\nfrom course_utils import check, hint",
+                "outputs": [],
+                "execution_count": None,
+            },
+            {
+                "cell_type": "code",
+                "metadata": {
+                    "course": {"exercise": "00.standardize_columns"},
+                    "tags": ["exercise"],
+                },
+                "source": _SOLVED_CELL,
+                "outputs": [],
+                "execution_count": None,
+            },
+        ],
+        "metadata": {"course": {"lesson": "00"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def bench_grader(n: int = 100, workers: int = 2) -> float:
+    """Seconds to grade ``n`` solved lesson-00 submissions (imports excluded).
+
+    Raises:
+        AssertionError: a copy did not score full marks.
+    """
+    text = json.dumps(solved_lesson00())
+    folder = Path(tempfile.mkdtemp(prefix="bench-grader-"))
+    try:
+        for i in range(n):
+            (folder / f"student_{i:03d}.ipynb").write_text(text, encoding="utf-8")
+        start = time.perf_counter()
+        results = grade([folder], workers=workers)
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert len(results) == n, f"graded {len(results)} of {n}"
+    bad = [r for r in results if r.score != r.max_score or r.max_score == 0]
+    assert not bad, f"{len(bad)} solved copies lost points: {bad[0].to_dict()}"
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    n = int(argv[0]) if argv else 100
+    seconds = bench_grader(n)
+    print(
+        f"graded {n} solved lesson-00 submissions in {seconds:.1f} s "
+        f"({1000 * seconds / n:.0f} ms each)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
