@@ -98,18 +98,21 @@ def format_progress(rows: list[LessonProgress], verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def show(lesson: str, lessons: Path | None = None) -> LessonProgress | None:
-    """Print one lesson's progress line from its *saved* notebook (save first: Ctrl+S)."""
+def show(lesson: str, lessons: Path | None = None) -> None:
+    """Print one lesson's progress line from its *saved* notebook (save first: Ctrl+S).
+
+    Looks for ``NN_*.ipynb`` in ``lessons`` (default: the current folder, which is the
+    notebook's own folder in Jupyter). Use :func:`lesson_progress` for the data itself.
+    """
     lessons = lessons or Path.cwd()
     wanted = f"{int(lesson):02d}_"
     paths = sorted(p for p in lessons.glob(f"{wanted}*.ipynb") if ".backup-" not in p.name)
     if not paths:
         print(f"no saved notebook for lesson {lesson} in {lessons}")
-        return None
+        return
     rows = lesson_progress(paths[:1])
     print(format_progress(rows, verbose=True))
     print("(from the last saved version of the notebook: save it first to include recent work)")
-    return rows[0]
 
 
 def main(argv: list[str] | None = None) -> int:
