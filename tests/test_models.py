@@ -43,10 +43,10 @@ def test_bias_dropped_only_before_batch_norm():
 def test_seeded_and_init_scale():
     a, b = make_mlp(seed=3), make_mlp(seed=3)
     assert torch.equal(a.blocks[0].linear.weight, b.blocks[0].linear.weight)
-    small = float(make_mlp(init_scale=0.1).blocks[1].linear.weight.std())
-    big = float(make_mlp(init_scale=3.0).blocks[1].linear.weight.std())
+    small = float(make_mlp(init_scale=0.1).blocks[1].linear.weight.detach().std())
+    big = float(make_mlp(init_scale=3.0).blocks[1].linear.weight.detach().std())
     assert big / small == pytest.approx(30, rel=0.1)
-    assert float(make_mlp(init_std=0.05).blocks[0].linear.weight.std()) == pytest.approx(0.05, rel=0.05)
+    assert float(make_mlp(init_std=0.05).blocks[0].linear.weight.detach().std()) == pytest.approx(0.05, rel=0.05)
 
 
 def test_bad_arguments():
