@@ -21,8 +21,20 @@ from .models import make_cnn, make_mlp
 from .probes import ActivationProbe, UpdateRatio
 from .training import evaluate, set_seed, train
 
-__all__ = ["configure_torch", "load_mnist", "batches", "make_mlp", "make_cnn", "train", "evaluate",
-           "set_seed", "ActivationProbe", "UpdateRatio", "check", "hint"]
+__all__ = [
+    "configure_torch",
+    "load_mnist",
+    "batches",
+    "make_mlp",
+    "make_cnn",
+    "train",
+    "evaluate",
+    "set_seed",
+    "ActivationProbe",
+    "UpdateRatio",
+    "check",
+    "hint",
+]
 __version__ = "0.1.0"
 
 configure_torch()

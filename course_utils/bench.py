@@ -29,8 +29,14 @@ import torch
 
 from .build import ROOT
 
-__all__ = ["time_call", "bench_notebooks", "bench_reference", "bench_threads", "bench_install",
-           "main"]
+__all__ = [
+    "time_call",
+    "bench_notebooks",
+    "bench_reference",
+    "bench_threads",
+    "bench_install",
+    "main",
+]
 
 SECTIONS = ("notebooks", "reference", "threads", "widgets", "grader", "install")
 
@@ -52,7 +58,9 @@ def time_call(fn: Callable[[], object], repeat: int = 5, min_time: float = 0.05)
 
 
 # ----------------------------------------------------------------------------- notebooks
-def bench_notebooks(repeat: int = 3, folder: Path = ROOT / "solutions") -> list[tuple[str, float, float]]:
+def bench_notebooks(
+    repeat: int = 3, folder: Path = ROOT / "solutions"
+) -> list[tuple[str, float, float]]:
     """Each notebook's execution time from a fresh kernel: [(name, median s, max s)]."""
     from .static import execute_notebook
 
@@ -93,6 +101,7 @@ def _ops(shape):
         def run():
             x.grad = None
             fn().backward(g)
+
         return run
 
     def mod_bwd(mod):
@@ -100,24 +109,39 @@ def _ops(shape):
         return torch_bwd(lambda: mod(x))
 
     ops = [
-        ("batch_norm",
-         lambda: (RF.batch_norm(x_np, None, None, np.ones(c, np.float32), np.zeros(c, np.float32),
-                                training=True), RF.batch_norm_backward(g_np, x_np, np.ones(c, np.float32))),
-         mod_bwd(RM.BatchNorm1d(c, track_running_stats=False) if len(shape) == 2
-                 else RM.BatchNorm2d(c, track_running_stats=False)),
-         torch_bwd(lambda: F.batch_norm(x, rm, rv, w, b, training=True))),
-        ("layer_norm",
-         lambda: (RF.layer_norm(x_np, last), RF.layer_norm_backward(g_np, x_np, last)),
-         mod_bwd(RM.LayerNorm(list(last))),
-         torch_bwd(lambda: F.layer_norm(x, list(last), torch.ones(last), torch.zeros(last)))),
-        ("group_norm",
-         lambda: (RF.group_norm(x_np, groups), RF.group_norm_backward(g_np, x_np, groups)),
-         mod_bwd(RM.GroupNorm(groups, c)),
-         torch_bwd(lambda: F.group_norm(x, groups, w, b))),
-        ("rms_norm",
-         lambda: (RF.rms_norm(x_np, last), RF.rms_norm_backward(g_np, x_np, last)),
-         mod_bwd(RM.RMSNorm(list(last))),
-         torch_bwd(lambda: F.rms_norm(x, list(last), torch.ones(last)))),
+        (
+            "batch_norm",
+            lambda: (
+                RF.batch_norm(
+                    x_np, None, None, np.ones(c, np.float32), np.zeros(c, np.float32), training=True
+                ),
+                RF.batch_norm_backward(g_np, x_np, np.ones(c, np.float32)),
+            ),
+            mod_bwd(
+                RM.BatchNorm1d(c, track_running_stats=False)
+                if len(shape) == 2
+                else RM.BatchNorm2d(c, track_running_stats=False)
+            ),
+            torch_bwd(lambda: F.batch_norm(x, rm, rv, w, b, training=True)),
+        ),
+        (
+            "layer_norm",
+            lambda: (RF.layer_norm(x_np, last), RF.layer_norm_backward(g_np, x_np, last)),
+            mod_bwd(RM.LayerNorm(list(last))),
+            torch_bwd(lambda: F.layer_norm(x, list(last), torch.ones(last), torch.zeros(last))),
+        ),
+        (
+            "group_norm",
+            lambda: (RF.group_norm(x_np, groups), RF.group_norm_backward(g_np, x_np, groups)),
+            mod_bwd(RM.GroupNorm(groups, c)),
+            torch_bwd(lambda: F.group_norm(x, groups, w, b)),
+        ),
+        (
+            "rms_norm",
+            lambda: (RF.rms_norm(x_np, last), RF.rms_norm_backward(g_np, x_np, last)),
+            mod_bwd(RM.RMSNorm(list(last))),
+            torch_bwd(lambda: F.rms_norm(x, list(last), torch.ones(last))),
+        ),
     ]
     return ops
 
@@ -131,8 +155,11 @@ def bench_reference() -> list[tuple[str, tuple, float, float, float]]:
             t_np = time_call(np_fn)
             t_mod = time_call(mod_fn)
             rows.append((name, shape, 1e3 * t_torch, t_np / t_torch, t_mod / t_torch))
-            print(f"  {name} {shape}: torch {1e3 * t_torch:.2f} ms, numpy x{t_np / t_torch:.2f}, "
-                  f"module x{t_mod / t_torch:.2f}", flush=True)
+            print(
+                f"  {name} {shape}: torch {1e3 * t_torch:.2f} ms, numpy x{t_np / t_torch:.2f}, "
+                f"module x{t_mod / t_torch:.2f}",
+                flush=True,
+            )
     return rows
 
 
@@ -157,8 +184,10 @@ def bench_threads() -> list[tuple[str, float, float]]:
         "MLP 4x100, batch 64": (make_mlp(depth=4, width=100, norm="batch"), torch.randn(64, 784)),
         "MLP 3x256, batch 256": (make_mlp(depth=3, width=256, norm="layer"), torch.randn(256, 784)),
         "CNN (8, 16), batch 64": (make_cnn(norm="batch"), torch.randn(64, 1, 28, 28)),
-        "CNN (16, 32), batch 128": (make_cnn(channels=(16, 32), norm="group"),
-                                    torch.randn(128, 1, 28, 28)),
+        "CNN (16, 32), batch 128": (
+            make_cnn(channels=(16, 32), norm="group"),
+            torch.randn(128, 1, 28, 28),
+        ),
     }
     before = torch.get_num_threads()
     rows = []
@@ -171,8 +200,11 @@ def bench_threads() -> list[tuple[str, float, float]]:
             torch.set_num_threads(os.cpu_count() or 1)
             many = time_call(step, min_time=0.2)
             rows.append((name, 1e3 * one, 1e3 * many))
-            print(f"  {name}: {1e3 * one:.2f} ms with 1 thread, {1e3 * many:.2f} ms with "
-                  f"{os.cpu_count()}", flush=True)
+            print(
+                f"  {name}: {1e3 * one:.2f} ms with 1 thread, {1e3 * many:.2f} ms with "
+                f"{os.cpu_count()}",
+                flush=True,
+            )
     finally:
         torch.set_num_threads(before)
     return rows
@@ -202,46 +234,87 @@ def report(results: dict, notes: dict[str, str] | None = None) -> str:
     """Markdown for docs/benchmarks.md from the measured ``results``."""
     notes = notes or {}
     cpu = platform.processor() or platform.machine()
-    out = ["# Benchmarks", "",
-           f"Measured on {time.strftime('%Y-%m-%d')} on a machine with {os.cpu_count()} CPU cores "
-           f"({cpu}), Python {platform.python_version()}, torch {torch.__version__}, by "
-           "`python -m course_utils.bench`. Figures are medians; they vary with the machine.", ""]
+    out = [
+        "# Benchmarks",
+        "",
+        f"Measured on {time.strftime('%Y-%m-%d')} on a machine with {os.cpu_count()} CPU cores "
+        f"({cpu}), Python {platform.python_version()}, torch {torch.__version__}, by "
+        "`python -m course_utils.bench`. Figures are medians; they vary with the machine.",
+        "",
+    ]
     if "notebooks" in results:
         rows = results["notebooks"]
         total = sum(r[1] for r in rows)
-        out += ["## Solution notebooks, fresh kernel, median of 3",
-                "Budget: each under 45 s, all together under 5 minutes.", "",
-                _md_table(["notebook", "median (s)", "slowest run (s)", "within 45 s"],
-                          [[n, f"{m:.1f}", f"{mx:.1f}", "yes" if m < 45 else f"no, +{m - 45:.1f} s"]
-                           for n, m, mx in rows]),
-                "", f"Total: {total:.0f} s ({'within' if total < 300 else 'over'} the 5-minute budget).",
-                "", notes.get("notebooks", ""), ""]
+        out += [
+            "## Solution notebooks, fresh kernel, median of 3",
+            "Budget: each under 45 s, all together under 5 minutes.",
+            "",
+            _md_table(
+                ["notebook", "median (s)", "slowest run (s)", "within 45 s"],
+                [
+                    [n, f"{m:.1f}", f"{mx:.1f}", "yes" if m < 45 else f"no, +{m - 45:.1f} s"]
+                    for n, m, mx in rows
+                ],
+            ),
+            "",
+            f"Total: {total:.0f} s ({'within' if total < 300 else 'over'} the 5-minute budget).",
+            "",
+            notes.get("notebooks", ""),
+            "",
+        ]
     if "reference" in results:
-        out += ["## Reference implementations vs torch (CPU, float32, forward + backward)",
-                "Ratios are time / torch.nn.functional's time (lower is better). Goals: "
-                "reference modules within 2x, NumPy within 5x.", "",
-                _md_table(["op", "shape", "torch (ms)", "NumPy / torch", "module / torch"],
-                          [[n, str(s), f"{t:.3f}", f"{a:.2f}", f"{b:.2f}"]
-                           for n, s, t, a, b in results["reference"]]),
-                "", notes.get("reference", ""), ""]
+        out += [
+            "## Reference implementations vs torch (CPU, float32, forward + backward)",
+            "Ratios are time / torch.nn.functional's time (lower is better). Goals: "
+            "reference modules within 2x, NumPy within 5x.",
+            "",
+            _md_table(
+                ["op", "shape", "torch (ms)", "NumPy / torch", "module / torch"],
+                [
+                    [n, str(s), f"{t:.3f}", f"{a:.2f}", f"{b:.2f}"]
+                    for n, s, t, a, b in results["reference"]
+                ],
+            ),
+            "",
+            notes.get("reference", ""),
+            "",
+        ]
     if "threads" in results:
-        out += ["## Torch threads on the lessons' model sizes (one training step)", "",
-                _md_table(["model", "1 thread (ms)", f"{os.cpu_count()} threads (ms)", "speed-up"],
-                          [[n, f"{a:.2f}", f"{b:.2f}", f"{b / a:.2f}x"] for n, a, b in
-                           results["threads"]]),
-                "", notes.get("threads", ""), ""]
+        out += [
+            "## Torch threads on the lessons' model sizes (one training step)",
+            "",
+            _md_table(
+                ["model", "1 thread (ms)", f"{os.cpu_count()} threads (ms)", "speed-up"],
+                [[n, f"{a:.2f}", f"{b:.2f}", f"{b / a:.2f}x"] for n, a, b in results["threads"]],
+            ),
+            "",
+            notes.get("threads", ""),
+            "",
+        ]
     if "widgets" in results:
         out += ["## Live widgets", "", results["widgets"], "", notes.get("widgets", ""), ""]
     if "grader" in results:
         secs = results["grader"]
-        out += ["## Grader", "", f"100 submissions of one lesson graded in {secs:.1f} s "
-                f"(budget 120 s: {'met' if secs < 120 else 'missed'}).", "",
-                notes.get("grader", ""), ""]
+        out += [
+            "## Grader",
+            "",
+            f"100 submissions of one lesson graded in {secs:.1f} s "
+            f"(budget 120 s: {'met' if secs < 120 else 'missed'}).",
+            "",
+            notes.get("grader", ""),
+            "",
+        ]
     if "install" in results:
         secs = results["install"]
-        out += ["## Fresh install", "", f"`python -m venv` + `pip install -r requirements.txt` + "
-                f"the package: {secs:.0f} s (budget 180 s: {'met' if secs < 180 else 'missed'}).",
-                "", notes.get("install", ""), ""]
+        out += [
+            "## Fresh install",
+            "",
+            f"`python -m venv` + `pip install -r requirements.txt` + "
+            f"the package: {secs:.0f} s (budget 180 s: {'met' if secs < 180 else 'missed'}).",
+            "",
+            notes.get("install", ""),
+            "",
+        ]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -23,8 +23,15 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["blank_source", "build_notebook", "build", "notebook_text", "content_hash", "backup_path",
-           "ROOT"]
+__all__ = [
+    "blank_source",
+    "build_notebook",
+    "build",
+    "notebook_text",
+    "content_hash",
+    "backup_path",
+    "ROOT",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "### BEGIN SOLUTION"
@@ -46,8 +53,10 @@ def blank_source(source: str, exercise_id: str) -> str:
                 raise ValueError(f"{exercise_id}: nested {BEGIN}")
             inside = True
             indent = line[: len(line) - len(line.lstrip())]
-            out.append(f'{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError('
-                       f'"Exercise {exercise_id}: replace this line with your code")\n')
+            out.append(
+                f"{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError("
+                f'"Exercise {exercise_id}: replace this line with your code")\n'
+            )
         elif stripped.startswith(END):
             if not inside:
                 raise ValueError(f"{exercise_id}: {END} without {BEGIN}")
@@ -82,8 +91,10 @@ def build_notebook(solution: dict) -> dict:
             if BEGIN in src:
                 ex_id = meta.get("course", {}).get("exercise")
                 if not ex_id:
-                    raise ValueError(f"lesson {lesson_id}, cell {i}: solution markers but no "
-                                     "metadata.course.exercise id")
+                    raise ValueError(
+                        f"lesson {lesson_id}, cell {i}: solution markers but no "
+                        "metadata.course.exercise id"
+                    )
                 src = blank_source(src, ex_id)
         elif BEGIN in src:
             raise ValueError(f"lesson {lesson_id}, cell {i}: solution markers in a markdown cell")
@@ -119,8 +130,12 @@ def _learner_edited(path: Path) -> bool:
     return stored != content_hash(nb)
 
 
-def build(solutions: Path = ROOT / "solutions", lessons: Path = ROOT / "lessons",
-          check: bool = False, quiet: bool = False) -> list[str]:
+def build(
+    solutions: Path = ROOT / "solutions",
+    lessons: Path = ROOT / "lessons",
+    check: bool = False,
+    quiet: bool = False,
+) -> list[str]:
     """Write (or with ``check=True`` only compare) lessons/ from solutions/.
 
     Returns the list of lesson files that were out of date (check) or written (build).
@@ -144,7 +159,9 @@ def build(solutions: Path = ROOT / "solutions", lessons: Path = ROOT / "lessons"
                 print(f"kept your edited copy as {bak.name}")
         dst.write_text(text, encoding="utf-8")
         if not quiet:
-            print(f"wrote {dst.relative_to(lessons.parent) if lessons.parent in dst.parents else dst}")
+            print(
+                f"wrote {dst.relative_to(lessons.parent) if lessons.parent in dst.parents else dst}"
+            )
     if not check:
         names = {p.name for p in solutions.glob("*.ipynb")}
         for stale in sorted(lessons.glob("*.ipynb")):

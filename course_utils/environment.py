@@ -30,8 +30,13 @@ class Finding:
 
 def check_environment() -> list[Finding]:
     """Check Python, the pinned packages, the embedded data and torch's thread setting."""
-    out = [Finding("python", sys.version_info >= (3, 10),
-                   f"{sys.version.split()[0]} (3.10 or newer needed)")]
+    out = [
+        Finding(
+            "python",
+            sys.version_info >= (3, 10),
+            f"{sys.version.split()[0]} (3.10 or newer needed)",
+        )
+    ]
     for mod, pinned, why in _PACKAGES:
         # read the installed version without importing: importing ipympl, for one,
         # switches matplotlib's backend as a side effect
@@ -40,8 +45,14 @@ def check_environment() -> list[Finding]:
                 raise ModuleNotFoundError(mod)
             version = importlib.metadata.version(mod).split("+")[0]
         except Exception as e:  # any failure means "missing" to a learner
-            out.append(Finding(mod, False, f"missing ({type(e).__name__}); needed for {why}. "
-                                           "Fix: run `make setup` in the course folder."))
+            out.append(
+                Finding(
+                    mod,
+                    False,
+                    f"missing ({type(e).__name__}); needed for {why}. "
+                    "Fix: run `make setup` in the course folder.",
+                )
+            )
             continue
         note = "" if version == pinned else f" (tested with {pinned}; probably fine)"
         out.append(Finding(mod, True, version + note))
@@ -49,15 +60,25 @@ def check_environment() -> list[Finding]:
         from .data import load_mnist
 
         d = load_mnist()
-        out.append(Finding("MNIST", True, f"embedded, md5 verified; {len(d.x_train)} train / "
-                                          f"{len(d.x_test)} test images"))
+        out.append(
+            Finding(
+                "MNIST",
+                True,
+                f"embedded, md5 verified; {len(d.x_train)} train / {len(d.x_test)} test images",
+            )
+        )
     except Exception as e:
         out.append(Finding("MNIST", False, f"{type(e).__name__}: {e}"))
     try:
         import torch
 
-        out.append(Finding("torch threads", True, f"{torch.get_num_threads()} (one thread is "
-                                                  "fastest for the course's small models)"))
+        out.append(
+            Finding(
+                "torch threads",
+                True,
+                f"{torch.get_num_threads()} (one thread is fastest for the course's small models)",
+            )
+        )
     except Exception:
         pass
     return out
@@ -70,6 +91,9 @@ def report() -> bool:
     for f in findings:
         print(f"{'ok     ' if f.ok else 'MISSING'}  {f.name:<{width}}  {f.detail}")
     ok = all(f.ok for f in findings)
-    print("\nEverything the course needs is here." if ok else
-          "\nSomething is missing: see the lines marked MISSING above.")
+    print(
+        "\nEverything the course needs is here."
+        if ok
+        else "\nSomething is missing: see the lines marked MISSING above."
+    )
     return ok

@@ -13,8 +13,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["NORMS", "PLACEMENTS", "ACTIVATIONS", "make_norm", "make_activation", "Block", "MLP", "CNN",
-           "make_mlp", "make_cnn"]
+__all__ = [
+    "NORMS",
+    "PLACEMENTS",
+    "ACTIVATIONS",
+    "make_norm",
+    "make_activation",
+    "Block",
+    "MLP",
+    "CNN",
+    "make_mlp",
+    "make_cnn",
+]
 
 NORMS = ("none", "batch", "layer", "group", "instance", "rms")
 PLACEMENTS = ("before", "after")
@@ -69,8 +79,13 @@ class _ChannelRMSNorm(nn.Module):
 
 def make_activation(name: str) -> nn.Module:
     """``nn.ReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.GELU`` or ``nn.Identity`` by name."""
-    table = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
-             "identity": nn.Identity}
+    table = {
+        "relu": nn.ReLU,
+        "tanh": nn.Tanh,
+        "sigmoid": nn.Sigmoid,
+        "gelu": nn.GELU,
+        "identity": nn.Identity,
+    }
     if name not in table:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
     return table[name]()
@@ -83,8 +98,14 @@ class Block(nn.Sequential):
     ``placement="after"``: layer -> act -> norm.
     """
 
-    def __init__(self, layer: nn.Module, norm: nn.Module, act: nn.Module, placement: str = "before",
-                 layer_name: str = "linear"):
+    def __init__(
+        self,
+        layer: nn.Module,
+        norm: nn.Module,
+        act: nn.Module,
+        placement: str = "before",
+        layer_name: str = "linear",
+    ):
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be 'before' or 'after', got {placement!r}")
         order = [(layer_name, layer), ("norm", norm), ("act", act)]
@@ -117,10 +138,19 @@ class MLP(nn.Module):
     Input (N, in_features) or anything that flattens to it; output logits (N, out_features).
     """
 
-    def __init__(self, in_features: int = 784, hidden: Sequence[int] = (100, 100, 100),
-                 out_features: int = 10, norm: str = "none", placement: str = "before",
-                 activation: str = "relu", init_scale: float | None = None,
-                 init_std: float | None = None, bias: bool | None = None, num_groups: int = 8):
+    def __init__(
+        self,
+        in_features: int = 784,
+        hidden: Sequence[int] = (100, 100, 100),
+        out_features: int = 10,
+        norm: str = "none",
+        placement: str = "before",
+        activation: str = "relu",
+        init_scale: float | None = None,
+        init_std: float | None = None,
+        bias: bool | None = None,
+        num_groups: int = 8,
+    ):
         super().__init__()
         self.norm, self.placement, self.activation = norm, placement, activation
         if bias is None:
@@ -128,8 +158,14 @@ class MLP(nn.Module):
             bias = not (norm == "batch" and placement == "before")
         blocks, width = [], in_features
         for h in hidden:
-            blocks.append(Block(nn.Linear(width, h, bias=bias), make_norm(norm, h, "mlp", num_groups),
-                                make_activation(activation), placement))
+            blocks.append(
+                Block(
+                    nn.Linear(width, h, bias=bias),
+                    make_norm(norm, h, "mlp", num_groups),
+                    make_activation(activation),
+                    placement,
+                )
+            )
             width = h
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Linear(width, out_features)
@@ -148,19 +184,35 @@ class CNN(nn.Module):
     Input (N, in_channels, 28, 28); output logits (N, num_classes).
     """
 
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (8, 16), num_classes: int = 10,
-                 norm: str = "none", placement: str = "before", activation: str = "relu",
-                 init_scale: float | None = None, init_std: float | None = None,
-                 bias: bool | None = None, num_groups: int = 4, image_size: int = 28):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: Sequence[int] = (8, 16),
+        num_classes: int = 10,
+        norm: str = "none",
+        placement: str = "before",
+        activation: str = "relu",
+        init_scale: float | None = None,
+        init_std: float | None = None,
+        bias: bool | None = None,
+        num_groups: int = 4,
+        image_size: int = 28,
+    ):
         super().__init__()
         self.norm, self.placement, self.activation = norm, placement, activation
         if bias is None:
             bias = not (norm == "batch" and placement == "before")
         blocks, c, size = [], in_channels, image_size
         for out in channels:
-            blocks.append(Block(nn.Conv2d(c, out, 3, padding=1, bias=bias),
-                                make_norm(norm, out, "cnn", num_groups), make_activation(activation),
-                                placement, layer_name="conv"))
+            blocks.append(
+                Block(
+                    nn.Conv2d(c, out, 3, padding=1, bias=bias),
+                    make_norm(norm, out, "cnn", num_groups),
+                    make_activation(activation),
+                    placement,
+                    layer_name="conv",
+                )
+            )
             c, size = out, size // 2
         self.blocks = nn.ModuleList(blocks)
         self.pool = nn.MaxPool2d(2)
@@ -173,10 +225,20 @@ class CNN(nn.Module):
         return self.head(x.flatten(1))
 
 
-def make_mlp(depth: int = 3, width: int = 100, norm: str = "none", placement: str = "before",
-             activation: str = "relu", in_features: int = 784, out_features: int = 10,
-             init_scale: float | None = None, init_std: float | None = None,
-             bias: bool | None = None, num_groups: int = 8, seed: int | None = 0) -> MLP:
+def make_mlp(
+    depth: int = 3,
+    width: int = 100,
+    norm: str = "none",
+    placement: str = "before",
+    activation: str = "relu",
+    in_features: int = 784,
+    out_features: int = 10,
+    init_scale: float | None = None,
+    init_std: float | None = None,
+    bias: bool | None = None,
+    num_groups: int = 8,
+    seed: int | None = 0,
+) -> MLP:
     """An :class:`MLP` with ``depth`` hidden layers of ``width`` units, seeded.
 
     Args:
@@ -192,15 +254,34 @@ def make_mlp(depth: int = 3, width: int = 100, norm: str = "none", placement: st
         raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
     if seed is not None:
         torch.manual_seed(seed)
-    return MLP(in_features, [width] * depth, out_features, norm, placement, activation, init_scale,
-               init_std, bias, num_groups)
+    return MLP(
+        in_features,
+        [width] * depth,
+        out_features,
+        norm,
+        placement,
+        activation,
+        init_scale,
+        init_std,
+        bias,
+        num_groups,
+    )
 
 
-def make_cnn(channels: Sequence[int] = (8, 16), norm: str = "none", placement: str = "before",
-             activation: str = "relu", in_channels: int = 1, num_classes: int = 10,
-             init_scale: float | None = None, init_std: float | None = None,
-             bias: bool | None = None, num_groups: int = 4, image_size: int = 28,
-             seed: int | None = 0) -> CNN:
+def make_cnn(
+    channels: Sequence[int] = (8, 16),
+    norm: str = "none",
+    placement: str = "before",
+    activation: str = "relu",
+    in_channels: int = 1,
+    num_classes: int = 10,
+    init_scale: float | None = None,
+    init_std: float | None = None,
+    bias: bool | None = None,
+    num_groups: int = 4,
+    image_size: int = 28,
+    seed: int | None = 0,
+) -> CNN:
     """A :class:`CNN` with one 3x3 conv block and a 2x2 max-pool per entry of ``channels``, seeded.
 
     Input (N, in_channels, image_size, image_size). ``norm`` may also be ``"instance"``.
@@ -208,5 +289,16 @@ def make_cnn(channels: Sequence[int] = (8, 16), norm: str = "none", placement: s
     """
     if seed is not None:
         torch.manual_seed(seed)
-    return CNN(in_channels, channels, num_classes, norm, placement, activation, init_scale, init_std,
-               bias, num_groups, image_size)
+    return CNN(
+        in_channels,
+        channels,
+        num_classes,
+        norm,
+        placement,
+        activation,
+        init_scale,
+        init_std,
+        bias,
+        num_groups,
+        image_size,
+    )

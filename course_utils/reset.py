@@ -21,8 +21,9 @@ from .build import ROOT, backup_path, build_notebook, notebook_text
 __all__ = ["find_lesson", "reset_lesson"]
 
 
-def find_lesson(which: str, solutions: Path = ROOT / "solutions",
-                lessons: Path = ROOT / "lessons") -> tuple[Path, Path]:
+def find_lesson(
+    which: str, solutions: Path = ROOT / "solutions", lessons: Path = ROOT / "lessons"
+) -> tuple[Path, Path]:
     """The (solution, lesson) paths for ``which``: a lesson number ("3", "03") or a lesson path.
 
     Raises ValueError for anything that is not one of the course's lessons.
@@ -38,14 +39,17 @@ def find_lesson(which: str, solutions: Path = ROOT / "solutions",
         path = Path(which)
         resolved = (Path.cwd() / path).resolve() if not path.is_absolute() else path.resolve()
         if resolved.parent != lessons.resolve() or resolved.name not in known:
-            raise ValueError(f"refusing to reset {which}: only the course's lessons in "
-                             f"{lessons} can be reset ({', '.join(known)})")
+            raise ValueError(
+                f"refusing to reset {which}: only the course's lessons in "
+                f"{lessons} can be reset ({', '.join(known)})"
+            )
         name = resolved.name
     return known[name], lessons / name
 
 
-def reset_lesson(which: str, solutions: Path = ROOT / "solutions",
-                 lessons: Path = ROOT / "lessons") -> Path | None:
+def reset_lesson(
+    which: str, solutions: Path = ROOT / "solutions", lessons: Path = ROOT / "lessons"
+) -> Path | None:
     """Back up the learner's copy of a lesson (if any) and write a fresh one.
 
     Returns:

@@ -36,8 +36,12 @@ def execute_notebook(path: Path, timeout: int = 600) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
     return nb
 
 
@@ -82,7 +86,7 @@ def _index(entries: list[tuple[str, str, str, float]]) -> str:
 .t{{color:#57606a;font-size:90%}}</style></head>
 <body><h1>Normalization in deep learning</h1>
 <p>The static edition of the course: every lesson with its exercises solved, executed on
-{time.strftime('%Y-%m-%d')}. Read it without running anything; to run and vary the experiments,
+{time.strftime("%Y-%m-%d")}. Read it without running anything; to run and vary the experiments,
 open the notebooks in JupyterLab (see the course's README).</p>
 <ol start="0">
 {rows}
@@ -92,8 +96,13 @@ open the notebooks in JupyterLab (see the course's README).</p>
 """
 
 
-def build_site(out: Path = ROOT / "site", solutions: Path = ROOT / "solutions",
-               only: list[str] | None = None, timeout: int = 600, quiet: bool = False) -> list[Path]:
+def build_site(
+    out: Path = ROOT / "site",
+    solutions: Path = ROOT / "solutions",
+    only: list[str] | None = None,
+    timeout: int = 600,
+    quiet: bool = False,
+) -> list[Path]:
     """Execute and render the solution notebooks into ``out``; returns the pages written.
 
     Args:
@@ -118,7 +127,9 @@ def build_site(out: Path = ROOT / "site", solutions: Path = ROOT / "solutions",
         page = out / (path.stem + ".html")
         page.write_text(render_page(nb, names), encoding="utf-8")
         lesson = nb.metadata.get("course", {}).get("lesson", path.name[:2])
-        entries.append((lesson, _title(json.loads(nbformat.writes(nb)), path.stem), page.name, secs))
+        entries.append(
+            (lesson, _title(json.loads(nbformat.writes(nb)), path.stem), page.name, secs)
+        )
         pages.append(page)
         if not quiet:
             print(f"{page.name}: executed in {secs:.1f} s")

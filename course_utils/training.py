@@ -23,8 +23,13 @@ def set_seed(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
-             train_mode: bool = False) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 1000,
+    train_mode: bool = False,
+) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on (x, y).
 
     Args:
@@ -45,7 +50,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         loss_sum, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
             out = model(x[i : i + batch_size])
-            loss_sum += float(nn.functional.cross_entropy(out, y[i : i + batch_size], reduction="sum"))
+            loss_sum += float(
+                nn.functional.cross_entropy(out, y[i : i + batch_size], reduction="sum")
+            )
             correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
         n = max(len(x), 1)
         return loss_sum / n, correct / n
@@ -55,11 +62,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         model.train(was_training)
 
 
-def make_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module,
+    name: str = "sgd",
+    lr: float = 0.1,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
     """``torch.optim.SGD`` (with optional momentum) or ``Adam``/``AdamW`` by name."""
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     if name == "adamw":
@@ -95,11 +109,20 @@ class History:
         return None
 
 
-def train(model: nn.Module, data: MNISTSplit, steps: int = 500, lr: float = 0.1,
-          batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.0,
-          weight_decay: float = 0.0, seed: int = 0, eval_every: int | None = None,
-          lr_schedule: Callable[[int], float] | None = None,
-          callback: Callable[[int, float], None] | None = None) -> History:
+def train(
+    model: nn.Module,
+    data: MNISTSplit,
+    steps: int = 500,
+    lr: float = 0.1,
+    batch_size: int = 64,
+    optimizer: str = "sgd",
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    eval_every: int | None = None,
+    lr_schedule: Callable[[int], float] | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> History:
     """Train ``model`` on ``data`` with cross-entropy for ``steps`` mini-batch steps.
 
     Args:

@@ -17,14 +17,23 @@ SOLVED = '''def f(x):
 
 
 def _nb(cells, lesson="99"):
-    return {"cells": cells, "metadata": {"course": {"lesson": lesson}}, "nbformat": 4,
-            "nbformat_minor": 5}
+    return {
+        "cells": cells,
+        "metadata": {"course": {"lesson": lesson}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
 
 
 def _code(src, exercise=None, outputs=None):
     meta = {"course": {"exercise": exercise}} if exercise else {}
-    return {"cell_type": "code", "source": src, "metadata": meta, "outputs": outputs or [],
-            "execution_count": 3}
+    return {
+        "cell_type": "code",
+        "source": src,
+        "metadata": meta,
+        "outputs": outputs or [],
+        "execution_count": 3,
+    }
 
 
 def test_blank_source_keeps_indentation_and_names_exercise():
@@ -34,11 +43,17 @@ def test_blank_source_keeps_indentation_and_names_exercise():
     exec(out, ns)
     with pytest.raises(NotImplementedError, match="Exercise 99.f"):
         ns["f"](1)
-    assert '    raise NotImplementedError' in out and '"""Doubles x."""' in out
+    assert "    raise NotImplementedError" in out and '"""Doubles x."""' in out
 
 
-@pytest.mark.parametrize("bad", ["### BEGIN SOLUTION\nx\n", "x\n### END SOLUTION\n",
-                                 "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "### BEGIN SOLUTION\nx\n",
+        "x\n### END SOLUTION\n",
+        "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n",
+    ],
+)
 def test_unbalanced_markers_are_errors(bad):
     with pytest.raises(ValueError):
         b.blank_source(bad, "99.f")

@@ -12,7 +12,9 @@ def test_mlp_shapes_and_order(norm, placement):
     m = make_mlp(depth=3, width=16, norm=norm, placement=placement, activation="tanh")
     assert m(torch.randn(5, 784)).shape == (5, 10)
     names = [n for n, _ in m.blocks[0].named_children()]
-    assert names == (["linear", "norm", "act"] if placement == "before" else ["linear", "act", "norm"])
+    assert names == (
+        ["linear", "norm", "act"] if placement == "before" else ["linear", "act", "norm"]
+    )
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -46,7 +48,9 @@ def test_seeded_and_init_scale():
     small = float(make_mlp(init_scale=0.1).blocks[1].linear.weight.detach().std())
     big = float(make_mlp(init_scale=3.0).blocks[1].linear.weight.detach().std())
     assert big / small == pytest.approx(30, rel=0.1)
-    assert float(make_mlp(init_std=0.05).blocks[0].linear.weight.detach().std()) == pytest.approx(0.05, rel=0.05)
+    assert float(make_mlp(init_std=0.05).blocks[0].linear.weight.detach().std()) == pytest.approx(
+        0.05, rel=0.05
+    )
 
 
 def test_bad_arguments():

@@ -545,6 +545,72 @@ def test_gradcheck_numerical(name, args, kwargs, shape, mode):
     assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name, args, kwargs, shape", GRADCHECK_CASES)
+def test_double_backward_raises_instead_of_silently_wrong(name, args, kwargs, shape):
+    """The hand-written backward is first-order only: create_graph=True must fail loudly
+    (a silently constant gradient would make e.g. a gradient penalty wrong)."""
+    m = getattr(M, name)(*args, **kwargs, dtype=torch.float64)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(y, x, torch.randn_like(y), create_graph=True)
+    (first,) = torch.autograd.grad(m(x), x, torch.ones_like(y))  # first order still works
+    assert first.shape == x.shape
+
+
+@pytest.mark.parametrize("name, args, kwargs, shape", GRADCHECK_CASES)
+def test_backward_twice_with_retain_graph(name, args, kwargs, shape):
+    """The backward must not consume what the forward saved (in-place reuse of buffers)."""
+    m = getattr(M, name)(*args, **kwargs, dtype=torch.float64)
+    randomize(m, torch.Generator().manual_seed(4))
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1).requires_grad_()
+    g = torch.randn(shape, dtype=torch.float64)
+    y = m(x)
+    y.backward(g, retain_graph=True)
+    first = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    y.backward(g)
+    for a, b in zip(first, [x.grad] + [p.grad for p in m.parameters()], strict=True):
+        assert torch.equal(2 * a, b)
+
+
+LAYOUT_CASES = [
+    ("BatchNorm1d", (3,), {}, (4, 5, 3), (0, 2, 1)),
+    ("BatchNorm2d", (3,), {}, (2, 4, 5, 3), (0, 3, 1, 2)),  # channels_last
+    ("LayerNorm", ((4, 5),), {}, (5, 3, 4), (1, 2, 0)),
+    ("GroupNorm", (2, 4), {}, (2, 3, 5, 4), (0, 3, 2, 1)),
+    ("InstanceNorm1d", (3,), dict(affine=True), (2, 5, 3), (0, 2, 1)),
+    ("InstanceNorm2d", (3,), dict(affine=True), (2, 4, 5, 3), (0, 3, 1, 2)),
+    ("RMSNorm", ((5,),), {}, (5, 3, 2), (2, 1, 0)),
+]
+
+
+@pytest.mark.parametrize("name, args, kwargs, base, perm", LAYOUT_CASES)
+def test_non_contiguous_inputs_and_partial_gradients_match_torch(name, args, kwargs, base, perm):
+    """Permuted / channels_last inputs, permuted and broadcast (``y.sum()``) output
+    gradients, and gradients asked for only some of input, weight and bias."""
+    rm, tm = make_pair(name, args, kwargs, torch.float64, 5)
+    x0 = (torch.randn(base, dtype=torch.float64) * 2 + 1).permute(perm)
+    g_perm = torch.randn(tuple(reversed(x0.shape)), dtype=torch.float64).permute(
+        *reversed(range(x0.dim()))
+    )
+    assert not x0.is_contiguous() and not g_perm.is_contiguous()
+    for x_grad, p_grad in ((True, True), (True, False), (False, True)):
+        for use_g in (g_perm, None):
+            results = []
+            for m in (rm, tm):
+                m.zero_grad(set_to_none=True)
+                for p in m.parameters():
+                    p.requires_grad_(p_grad)
+                x = x0.clone(memory_format=torch.preserve_format).requires_grad_(x_grad)
+                y = m(x)
+                y.sum().backward() if use_g is None else y.backward(use_g)
+                results.append([y.detach(), x.grad] + [p.grad for p in m.parameters()])
+            for a, b in zip(*results, strict=True):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert_close(a, b, 1e-10, name)
+
+
 def test_gradient_of_sum_of_batch_norm_is_zero():
     x = (torch.randn(4, 3, 5, 5, dtype=torch.float64) * 3 + 7).requires_grad_()
     m = M.BatchNorm2d(3, dtype=torch.float64)

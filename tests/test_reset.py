@@ -14,9 +14,20 @@ def course(tmp_path):
     sol, les = tmp_path / "solutions", tmp_path / "lessons"
     sol.mkdir()
     for n, name in [("00", "00_start_here"), ("03", "03_batch_norm")]:
-        nb = {"cells": [{"cell_type": "code", "source": SOLVED, "outputs": [], "execution_count": None,
-                         "metadata": {"course": {"exercise": f"{n}.f"}}}],
-              "metadata": {"course": {"lesson": n}}, "nbformat": 4, "nbformat_minor": 5}
+        nb = {
+            "cells": [
+                {
+                    "cell_type": "code",
+                    "source": SOLVED,
+                    "outputs": [],
+                    "execution_count": None,
+                    "metadata": {"course": {"exercise": f"{n}.f"}},
+                }
+            ],
+            "metadata": {"course": {"lesson": n}},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
         (sol / f"{name}.ipynb").write_text(json.dumps(nb))
     b.build(sol, les, quiet=True)
     return sol, les
@@ -58,8 +69,9 @@ def test_reset_of_a_missing_lesson_just_writes_it(course):
     assert (les / "00_start_here.ipynb").exists()
 
 
-@pytest.mark.parametrize("bad", ["7", "99", "../solutions/03_batch_norm.ipynb", "/etc/passwd",
-                                 "notes.txt", "lessons"])
+@pytest.mark.parametrize(
+    "bad", ["7", "99", "../solutions/03_batch_norm.ipynb", "/etc/passwd", "notes.txt", "lessons"]
+)
 def test_reset_refuses_anything_else(course, bad, monkeypatch, tmp_path):
     sol, les = course
     (tmp_path / "notes.txt").write_text("keep me")

@@ -90,9 +90,18 @@ def test_index_and_a_lesson_render_in_chromium(site):
     try:
         with sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
             try:
                 page = ctx.new_page()
                 page.goto((out / "index.html").as_uri())
@@ -102,7 +111,8 @@ def test_index_and_a_lesson_render_in_chromium(site):
                 assert page.url.endswith(lesson.name)
                 broken = page.evaluate(
                     "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
-                    ".length")
+                    ".length"
+                )
                 total = page.evaluate("document.images.length")
                 page.screenshot(path=str(artifacts / "static_lesson.png"))
                 assert total > 0 and broken == 0, f"{broken} of {total} images broken"

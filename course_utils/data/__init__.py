@@ -90,7 +90,9 @@ class MNISTSplit:
     y_test: torch.Tensor
 
 
-def _stratified_indices(labels: np.ndarray, n_test_per_class: int = 200) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_indices(
+    labels: np.ndarray, n_test_per_class: int = 200
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(_SPLIT_SEED)
     train, test = [], []
     for digit in range(10):
@@ -121,7 +123,9 @@ def _split_cached(scale: str, flatten: bool) -> MNISTSplit:
     x = x.reshape(-1, 784) if flatten else x.unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     ti, vi = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
-    return MNISTSplit(x[ti].contiguous(), y[ti].contiguous(), x[vi].contiguous(), y[vi].contiguous())
+    return MNISTSplit(
+        x[ti].contiguous(), y[ti].contiguous(), x[vi].contiguous(), y[vi].contiguous()
+    )
 
 
 def load_mnist(scale: str = "standard", flatten: bool = True) -> MNISTSplit:
@@ -181,7 +185,9 @@ def badly_scaled_2d(n: int = 200, scales: tuple[float, float] = (1.0, 100.0), se
     return X, y, w_true
 
 
-def with_outliers(n: int = 200, frac: float = 0.02, magnitude: float = 50.0, seed: int = 0) -> np.ndarray:
+def with_outliers(
+    n: int = 200, frac: float = 0.02, magnitude: float = 50.0, seed: int = 0
+) -> np.ndarray:
     """A 1-feature data set, standard normal, with a fraction of large outliers.
 
     Returns:
