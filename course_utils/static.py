@@ -61,6 +61,9 @@ def render_page(nb: nbformat.NotebookNode, names: list[str]) -> str:
     """HTML of one executed notebook, images embedded, lesson links pointing at .html pages."""
     from nbconvert import HTMLExporter
 
+    # with saved widget state nbconvert would embed live widgets, which render nothing
+    # without a kernel; dropping it makes each widget fall back to its static image
+    nb.metadata.pop("widgets", None)
     exporter = HTMLExporter(template_name="lab", embed_images=True)
     exporter.mathjax_url = _MATHJAX_URL
     body, _ = exporter.from_notebook_node(nb)
