@@ -1,10 +1,11 @@
-"""How long the grader takes for a class: 100 copies of the solved lesson 00.
+"""How long the grader takes for a class: 100 copies of one solved lesson.
 
-    python -m course_utils.bench_grader [N]
+    python -m course_utils.bench_grader [N] [LESSON ...]
 
-Times :func:`course_utils.grading.grade` on N copies of ``solutions/00_start_here.ipynb``
-(a minimal solved lesson-00 notebook when that file is absent), after the imports, with the
-default settings (2 workers). Every copy must score full marks, or the figure means nothing.
+Times :func:`course_utils.grading.grade` on N copies of ``solutions/NN_*.ipynb`` (lesson 00
+by default; a minimal solved lesson-00 notebook when that file is absent), after the imports,
+with the default settings (2 workers). Every copy must score full marks, or the figure means
+nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from .build import ROOT
 from .grading import grade
 
-__all__ = ["bench_grader", "solved_lesson00"]
+__all__ = ["bench_grader", "solved_lesson", "solved_lesson00"]
 
 _SOLVED_CELL = '''def standardize_columns(x, eps=1e-5):
     """Standardize each column of x: (N, D) -> (N, D)."""
@@ -63,13 +64,23 @@ def solved_lesson00() -> dict:
     }
 
 
-def bench_grader(n: int = 100, workers: int = 2) -> float:
-    """Seconds to grade ``n`` solved lesson-00 submissions (imports excluded).
+def solved_lesson(lesson: str) -> dict:
+    """The solved notebook of ``lesson`` ("00", "03", ...) as a JSON dict."""
+    if lesson == "00":
+        return solved_lesson00()
+    paths = sorted((ROOT / "solutions").glob(f"{int(lesson):02d}_*.ipynb"))
+    if not paths:
+        raise FileNotFoundError(f"no solution notebook for lesson {lesson}")
+    return json.loads(paths[0].read_text(encoding="utf-8"))
+
+
+def bench_grader(n: int = 100, workers: int = 2, lesson: str = "00") -> float:
+    """Seconds to grade ``n`` solved submissions of ``lesson`` (imports excluded).
 
     Raises:
         AssertionError: a copy did not score full marks.
     """
-    text = json.dumps(solved_lesson00())
+    text = json.dumps(solved_lesson(lesson))
     folder = Path(tempfile.mkdtemp(prefix="bench-grader-"))
     try:
         for i in range(n):
@@ -88,11 +99,12 @@ def bench_grader(n: int = 100, workers: int = 2) -> float:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     n = int(argv[0]) if argv else 100
-    seconds = bench_grader(n)
-    print(
-        f"graded {n} solved lesson-00 submissions in {seconds:.1f} s "
-        f"({1000 * seconds / n:.0f} ms each)"
-    )
+    for lesson in argv[1:] or ["00"]:
+        seconds = bench_grader(n, lesson=lesson)
+        print(
+            f"graded {n} solved lesson-{lesson} submissions in {seconds:.1f} s "
+            f"({1000 * seconds / n:.0f} ms each)"
+        )
     return 0
 
 

@@ -121,6 +121,9 @@ class Exercise:
         time_limit: seconds the grader allows this exercise's cases at least (for an
             exercise that trains a model); the grader uses the larger of this and its
             ``--timeout``. None: ``--timeout`` alone.
+        seed_group: exercises with the same seed group get the same hidden cases from the
+            grader (default: the id alone), so several ids that grade one learner function
+            (the capstone's parts) share one measurement instead of training once per id.
     """
 
     id: str
@@ -136,6 +139,7 @@ class Exercise:
     diagnose: Callable[[Any, Any, Case], str | None] | None = None
     forbidden: Sequence[str] = FORBIDDEN_CALLS
     time_limit: float | None = None
+    seed_group: str | None = None
 
     @property
     def lesson(self) -> str:

@@ -422,6 +422,8 @@ register(
             diagnose=_capstone_diagnose,
             forbidden=(),
             hints=hints,
+            # the four parts grade one train_fixed: one hidden seed, one training run
+            seed_group="08.capstone",
         )
         for aspect, points, title, hints in _CAPSTONE
     ),

@@ -2,7 +2,8 @@
 
     results = grade([Path("submissions/")], seed=0, timeout=10)
 
-The hidden cases of an exercise come from ``numpy.random.default_rng([seed, crc32(id)])``:
+The hidden cases of an exercise come from ``numpy.random.default_rng([seed, crc32(key)])``,
+key being the exercise's ``seed_group`` or else its id:
 the same seed gives the same tests (and the same scores), another seed other tests.
 """
 
@@ -57,7 +58,8 @@ def make_task(ex: Exercise, seed: int) -> Task:
     from the visible cases and from one seed to another, but not between runs.
     """
     visible = ex.cases(np.random.default_rng(VISIBLE_SEED), False)
-    hidden = ex.cases(np.random.default_rng([seed, zlib.crc32(ex.id.encode())]), True)
+    key = ex.seed_group or ex.id
+    hidden = ex.cases(np.random.default_rng([seed, zlib.crc32(key.encode())]), True)
     cases: list[tuple[str, object, bool]] = []
     for kind, group in (("visible", visible), ("hidden", hidden)):
         for i, case in enumerate(group, 1):
