@@ -7,20 +7,27 @@ register the same parameters and buffers under the same names, print the same
 ``repr`` and raise the same errors, so a ``state_dict`` moves between the two in both
 directions and ``train()`` / ``eval()`` behave identically.
 
-The forward passes use only reductions (``mean``, ``sum``, ``linalg.vector_norm`` for
-sums of squares), ``rsqrt`` and elementwise arithmetic; autograd derives the backward
-pass. torch's fused normalization kernels (``F.batch_norm``, ``F.layer_norm``, ...)
-are never called.
+Everything is built from reductions (``mean``, ``sum``, ``linalg.vector_norm`` for
+sums of squares, matrix-vector products for weighted sums), ``rsqrt`` and elementwise
+arithmetic. torch's fused normalization kernels (``F.batch_norm``, ``F.layer_norm``,
+...) are never called. With the input's own statistics, each layer is a
+``torch.autograd.Function`` whose backward is the closed-form gradient (the formulas
+of ``course_utils.reference.functional``) rather than autograd through the forward's
+operations: several times fewer passes over memory. Its first derivatives are exact;
+differentiating twice (``create_graph=True``) raises an error. BatchNorm / InstanceNorm
+with running statistics in eval mode are one affine map, left to autograd.
 
 Numerics: statistics are computed in two passes (mean, then the mean of the squared
 deviations) and, in training, the output as ``(x - mean) * scale + bias``, which keeps
-float32 accurate even when ``|mean| >> std``. In eval mode BatchNorm folds its running
-statistics into a single ``x * scale + shift``, as torch does. float16 / bfloat16
-inputs are computed in float32 and cast back, as torch does on CPU.
+float32 accurate even when ``|mean| >> std``; the backward likewise works with
+``x - mean``. In eval mode BatchNorm folds its running statistics into a single
+``x * scale + shift``, as torch does. float16 / bfloat16 inputs are computed in
+float32 and cast back, as torch does on CPU.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 
@@ -91,22 +98,16 @@ def _channel_view(p: Tensor | None, ndim: int) -> Tensor | None:
     return None if p is None else p.reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def _autograd_off(*tensors: Tensor | None) -> bool:
-    """True when no autograd graph will be recorded, so temporaries may be reused."""
-    return not torch.is_grad_enabled() or not any(
-        t is not None and t.requires_grad for t in tensors
-    )
-
-
 def _affine(
     y: Tensor, w: Tensor | None, b: Tensor | None, inplace: bool = False, fused: bool = False
 ) -> Tensor:
     """``y * w + b`` with either part optional (``w``, ``b`` already broadcastable).
 
-    ``inplace`` writes into ``y``, a temporary of ours, when autograd is off. Otherwise
-    ``(y * w).add_(b)`` (the in-place add is on the fresh product, which autograd
-    allows); ``fused`` uses ``torch.addcmul`` instead, which is faster when ``w`` and
-    ``b`` vary along the last dimension (LayerNorm) and slower when they are per row.
+    ``inplace`` overwrites ``y``, a temporary of ours. ``fused`` uses one
+    ``torch.addcmul`` instead of a multiplication and an addition: faster when ``w``
+    and ``b`` vary along the last dimension (LayerNorm's per-column parameters), slower
+    when both are constant along it (per-channel parameters of ``(N, C, H, W)`` input),
+    where torch's vectorized CPU loop takes one broadcast operand but not two.
     """
     if w is None and b is None:
         return y
@@ -114,11 +115,9 @@ def _affine(
         return y.add_(b) if inplace else y + b
     if b is None:
         return y.mul_(w) if inplace else y * w
-    if inplace:
-        return y.mul_(w).add_(b)
     if fused:
-        return torch.addcmul(b, y, w)
-    return (y * w).add_(b)
+        return torch.addcmul(b, y, w, out=y) if inplace else torch.addcmul(b, y, w)
+    return y.mul_(w).add_(b) if inplace else (y * w).add_(b)
 
 
 def _empty_output(input: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
@@ -127,35 +126,329 @@ def _empty_output(input: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
     return _affine(_opmath(input).clone(), w, b).to(input.dtype)
 
 
-def _centered_stats(xf: Tensor, first: int, outer: bool = False, grad: bool = True):
-    """Two-pass statistics over the dims ``first, ..., ndim - 1`` (and dim 0 if ``outer``).
+# --------------------------------------------------------------------------------------
+# normalization with the input's own statistics: forward and closed-form backward
+# --------------------------------------------------------------------------------------
+#
+# Autograd through the forward's reductions and elementwise operations would record a
+# node per operation, and its backward would make a full-size pass per node. The
+# gradient has a closed form instead (the one ``course_utils.reference.functional``
+# derives): over each group of ``n`` values normalized together,
+#
+#     xhat = (x - mean) * rstd,   rstd = 1 / sqrt(var + eps),   g = grad_out * weight
+#     grad_x      = rstd * (g - mean(g) - xhat * mean(g * xhat))
+#     grad_weight = sum(grad_out * xhat),   grad_bias = sum(grad_out)
+#
+# with ``grad_weight`` / ``grad_bias`` summed over everything but the parameter's own
+# dims. The ``torch.autograd.Function`` classes below compute exactly that, each in a
+# handful of passes over memory.
+#
+# Cost model (CPU): every pass over a full-size tensor costs about the same, except
+# that a *new* full-size tensor costs two or three passes more (fresh memory from the
+# OS is zeroed page by page on first touch); on small inputs each operation's fixed
+# cost (a few microseconds) dominates instead. So: as few new full-size tensors as
+# possible (the forward allocates only its output, the backward only ``grad_x``),
+# in-place operations on them, and few operations overall. Like torch's own kernels,
+# the forward saves its input and the small ``mean`` / ``rstd``, not ``x - mean``;
+# the backward recomputes ``x - mean`` into the buffer that becomes ``grad_x``.
+#
+# Numerics: ``x - mean`` is always formed before it is scaled or squared (the two-pass
+# variance, and the backward's ``sum(grad_out * (x - mean))``), never expanded into
+# ``x * a - mean * a``, whose two terms cancel in float32 when ``|mean| >> std``.
+#
+# Double backward is not supported: the backward is made of in-place operations on
+# tensors autograd does not track, so its result cannot be differentiated again. It
+# raises when a graph of it is asked for (``create_graph=True``), rather than return
+# gradients that would silently treat it as a constant. First-order gradients are
+# exact (``gradcheck``).
 
-    Returns ``neg_mean = -mean``, ``centered = x - mean`` and the biased variance
-    ``mean(centered ** 2)``, all with ``keepdim=True``.
 
-    Written for a cheap autograd graph: the mean is a ``sum`` times ``-1 / count`` and
-    is *added* (the backward of ``sum`` is a broadcast and the backward of ``+`` passes
-    the gradient through, where ``mean`` and ``-`` would each cost a full-size pass).
-    The sum of squares is ``(centered * centered).sum()`` when autograd records (its
-    backward is two multiplications) and ``torch.linalg.vector_norm(centered) ** 2``
-    otherwise (one read, no full-size temporary; its backward would cost more).
-    """
-    inner = list(range(first, xf.dim()))
-    dims = ([0] if outer else []) + inner
-    count = 1
+def _first_order_only(backward):
+    """Decorator for the ``backward`` of the Functions below: refuse ``create_graph``."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():  # the engine enables grad mode iff create_graph=True
+            raise RuntimeError(
+                "double backward (create_graph=True) through the normalization layers of "
+                "course_utils.reference.modules is not supported: their backward is "
+                "written for first-order gradients only. Use the torch.nn layer for "
+                "higher-order gradients."
+            )
+        return backward(ctx, *grads)
+
+    return wrapper
+
+
+class _NoGraph:
+    """Stands in for autograd's ``ctx`` when no graph is recorded: nothing is saved."""
+
+    def save_for_backward(self, *tensors):
+        pass
+
+    def mark_non_differentiable(self, *tensors):
+        pass
+
+
+def _run(function, *args):
+    """``function.apply(*args)``, or, when autograd will record nothing (``no_grad``,
+    or no input requires grad), just its forward computation: autograd.Function's
+    bookkeeping costs more than the arithmetic on small inputs."""
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return function.apply(*args)
+    return function.forward(_NoGraph(), *args)
+
+
+def _numel(x: Tensor, dims) -> int:
+    n = 1
     for d in dims:
-        count *= xf.size(d)
-    neg_mean = xf.sum(dims, keepdim=True) * (-1.0 / count)
-    centered = xf + neg_mean
-    if grad:
-        sumsq = (centered * centered).sum(dims, keepdim=True)
-    elif inner:
-        sumsq = torch.linalg.vector_norm(centered, 2, inner, keepdim=True).square()
-        if outer:
-            sumsq = sumsq.sum(0, keepdim=True)
-    else:  # (N, C) batch norm: reduce over the batch only
-        sumsq = centered.square().sum(0, keepdim=True)
-    return neg_mean, centered, sumsq * (1.0 / count)
+        n *= x.size(d)
+    return n
+
+
+def _as_param(p: Tensor | None, shape, dtype: torch.dtype) -> Tensor | None:
+    """``p`` viewed as ``shape`` (broadcastable to the input) in the computation dtype."""
+    if p is None:
+        return None
+    if p.shape != shape:
+        p = p.reshape(shape)
+    return p if p.dtype == dtype else p.to(dtype)
+
+
+def _mean_of_squares(t: Tensor, dims: list[int]) -> Tensor:
+    """``(t * t).mean(dims, keepdim=True)``, in one read without a temporary where possible.
+
+    ``torch.linalg.vector_norm`` over the trailing dims is a single fast pass with no
+    full-size temporary; over a leading dim (batch norm's ``N``) torch's CPU kernel is
+    several times slower than a ``sum``, so that dim is summed after the squaring.
+    """
+    trailing = []
+    d = t.dim() - 1
+    while d in dims:
+        trailing.append(d)
+        d -= 1
+    if _numel(t, trailing) == 1:  # (N, C) batch norm: the statistics' dim is the leading one
+        return (t * t).mean(dims, keepdim=True)
+    sumsq = torch.linalg.vector_norm(t, 2, trailing, keepdim=True).square_()
+    if len(trailing) < len(dims):
+        sumsq = sumsq.sum([d for d in dims if d not in trailing], keepdim=True)
+    return sumsq.mul_(1.0 / _numel(t, dims))
+
+
+def _innermost_varies(shape, param_shape) -> bool:
+    """Whether the parameters vary along the innermost non-trivial dim of ``shape``:
+    then ``_affine(..., fused=True)`` is the faster form."""
+    inner = [d for d, s in enumerate(shape) if s > 1]
+    return bool(inner) and param_shape[inner[-1]] > 1
+
+
+def _channel_norm_forward(x, w, b, dims, eps):
+    """``y = (x - mean) * (rstd * w) + b`` with statistics over ``dims`` of ``x``.
+
+    ``w`` and ``b`` are broadcastable to ``x`` and constant along the statistics' dims,
+    except group norm's channels-within-a-group (``rstd * w`` then varies per channel).
+    Returns ``y``, ``mean``, the biased ``var`` and ``rstd`` (all keepdim).
+    """
+    mean = x.mean(dims, keepdim=True)
+    y = x - mean  # the output's only full-size buffer; centred values for now
+    var = _mean_of_squares(y, dims)  # second pass, over the centred values: stable
+    rstd = (var + eps).rsqrt_()
+    # the per-channel factors are combined before they touch the full-size tensor
+    scale = rstd if w is None else rstd * w
+    fused = b is not None and _innermost_varies(y.shape, scale.shape)
+    return _affine(y, scale, b, inplace=True, fused=fused), mean, var, rstd
+
+
+class _ChannelNormFunction(torch.autograd.Function):
+    """Batch norm, instance norm and group norm with the input's own statistics.
+
+    ``layout = (shape, param_shape, dims, group_dim)``: the input is viewed as
+    ``shape`` (``None``: as it is), statistics are taken over ``dims`` of that view, and
+    ``weight`` / ``bias`` are viewed as ``param_shape``:
+
+    ============  ====================  ================  ====================
+    module        view of (N, C, *)     dims              param_shape
+    ============  ====================  ================  ====================
+    BatchNorm     (N, C, *)             0, 2, 3, ...      (1, C, 1, ...)
+    InstanceNorm  (N, C, *)             2, 3, ...         (1, C, 1, ...)
+    GroupNorm     (N, G, C // G, K)     2, 3              (1, G, C // G, 1)
+    ============  ====================  ================  ====================
+
+    ``group_dim`` is group norm's dim 2, a statistics dim along which the parameters
+    vary (else ``None``). Returns ``y`` and the batch ``mean`` and biased ``var`` (for
+    the running statistics; not differentiable).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, layout, eps):
+        shape, param_shape, dims, _ = layout
+        xv = x if shape is None else x.reshape(shape)
+        w = _as_param(weight, param_shape, x.dtype)
+        b = _as_param(bias, param_shape, x.dtype)
+        y, mean, var, rstd = _channel_norm_forward(xv, w, b, dims, eps)
+        ctx.save_for_backward(xv, mean, rstd, w)
+        ctx.layout = layout
+        ctx.x_shape = x.shape
+        ctx.mark_non_differentiable(mean, var)
+        return (y if shape is None else y.reshape(x.shape)), mean, var
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, grad_y, _grad_mean, _grad_var):
+        xv, mean, rstd, w = ctx.saved_tensors
+        shape, _, dims, group_dim = ctx.layout
+        go = grad_y if shape is None else grad_y.reshape(shape)
+        # sums over the dims along which the parameters are constant: per channel, and
+        # per sample as well when the statistics are (instance norm, group norm)
+        inner = [d for d in dims if d != group_dim]
+        per_sample = 0 not in dims
+        sum_go = go.sum(inner, keepdim=True)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[2]:
+            grad_b = (sum_go.sum(0) if per_sample else sum_go).view(-1)
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return grad_x, grad_w, grad_b, None, None
+        buf = xv - mean  # the one new full-size tensor: centred x now, grad_x at the end
+        sum_go_xhat = buf.mul_(go).sum(inner, keepdim=True).mul_(rstd)
+        if ctx.needs_input_grad[1]:
+            grad_w = (sum_go_xhat.sum(0) if per_sample else sum_go_xhat).view(-1)
+        if ctx.needs_input_grad[0]:
+            # sum(g) and sum(g * xhat) over each group, g = grad_out * weight
+            sum_g, sum_g_xhat = sum_go, sum_go_xhat
+            if w is not None:
+                sum_g, sum_g_xhat = sum_g * w, sum_g_xhat * w
+            if group_dim is not None:
+                sum_g = sum_g.sum(group_dim, keepdim=True)
+                sum_g_xhat = sum_g_xhat.sum(group_dim, keepdim=True)
+            # grad_x = rstd * (g - mean(g) - xhat * mean(g * xhat))
+            #        = k1 * grad_out + k2 * (x - mean) + k3, with k1 = rstd * weight
+            c = rstd * (-1.0 / _numel(xv, dims))
+            k2 = (c * rstd).mul_(sum_g_xhat)
+            k3 = c.mul_(sum_g)
+            k1 = rstd if w is None else rstd * w
+            # (x - mean) * k2 + k3, recomputed into buf, then + k1 * grad_out
+            grad_x = torch.sub(xv, mean, out=buf)
+            fused = _innermost_varies(xv.shape, k2.shape)
+            grad_x = _affine(grad_x, k2, k3, inplace=True, fused=fused).addcmul_(go, k1)
+            if shape is not None:
+                grad_x = grad_x.reshape(ctx.x_shape)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _layer_norm_forward(x2, w, b, eps):
+    """Layer norm of the rows of ``x2``; returns ``y``, ``mean`` and ``rstd`` (per row)."""
+    mean = x2.mean(1, keepdim=True)
+    y = x2 - mean  # the output's only full-size buffer; centred values for now
+    rstd = (_mean_of_squares(y, [1]) + eps).rsqrt_()  # second pass: stable
+    # a per-row factor, then the per-column parameters: one in-place pass each
+    return _affine(y.mul_(rstd), w, b, inplace=True, fused=True), mean, rstd
+
+
+class _LayerNormFunction(torch.autograd.Function):
+    """Layer norm: statistics per row of the ``(rows, d)`` view (``d`` values are
+    normalized together), ``weight`` / ``bias`` per column.
+
+    The parameters vary *within* each row, unlike batch norm's, so ``g = grad_out *
+    weight`` does not factor out of the row sums; those are matrix-vector products
+    instead (``grad_out @ weight``), which read ``grad_out`` once and allocate nothing.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, d, eps):
+        x2 = x.reshape(-1, d)
+        w = _as_param(weight, (d,), x.dtype)
+        b = _as_param(bias, (d,), x.dtype)
+        y, mean, rstd = _layer_norm_forward(x2, w, b, eps)
+        ctx.save_for_backward(x2, mean, rstd, w)
+        ctx.shapes = (x.shape, None if weight is None else weight.shape)
+        return y.reshape(x.shape)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, grad_y):
+        x2, mean, rstd, w = ctx.saved_tensors
+        x_shape, p_shape = ctx.shapes
+        d = x2.size(1)
+        go = grad_y.reshape(x2.shape)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[2]:
+            grad_b = go.sum(0).view(p_shape)
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return grad_x, grad_w, grad_b, None, None
+        buf = x2 - mean  # the one new full-size tensor: centred x now, grad_x at the end
+        go_xc = buf.mul_(go)  # grad_out * (x - mean)
+        if ctx.needs_input_grad[1]:
+            # sum over the rows of grad_out * xhat = (grad_out * (x - mean))^T @ rstd
+            grad_w = go_xc.t().mv(rstd.view(-1)).view(p_shape)
+        if ctx.needs_input_grad[0]:
+            # per row: -mean(g) and -mean(g * (x - mean)), g = grad_out * weight
+            if w is None:
+                k3 = go.sum(1, keepdim=True).mul_(-1.0 / d)
+                k2 = go_xc.sum(1, keepdim=True).mul_(-1.0 / d)
+            else:
+                w_col = (w * (-1.0 / d)).unsqueeze(1)
+                k3, k2 = go @ w_col, go_xc @ w_col
+            # grad_x = rstd * (g - mean(g) - xhat * mean(g * xhat))
+            #        = rstd * (g + k2 * rstd**2 * (x - mean) + k3)
+            k2 = k2.mul_(rstd).mul_(rstd)
+            grad_x = torch.sub(x2, mean, out=buf).mul_(k2).add_(k3)
+            grad_x = grad_x.add_(go) if w is None else grad_x.addcmul_(go, w)
+            grad_x = grad_x.mul_(rstd).reshape(x_shape)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _rms_norm_forward(x2, w, eps, round_to):
+    """RMS norm of the rows of ``x2``; returns ``y`` and ``rstd`` (per row).
+
+    ``round_to``: float16/bfloat16 input is computed in float32 and, as torch does,
+    rounded to the input's dtype before the weight is applied (and again after).
+    """
+    rstd = (_mean_of_squares(x2, [1]) + eps).rsqrt_()
+    y = x2 * rstd
+    if round_to is not None:
+        y = y.to(round_to).to(x2.dtype)
+    return (y if w is None else y.mul_(w)), rstd
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMS norm: ``y = x * rstd * weight`` per row of the ``(rows, d)`` view, with
+    ``rstd = 1 / sqrt(mean(x ** 2) + eps)`` and ``weight`` per column. The gradient is
+    layer norm's without the centring: ``grad_x = rstd * (g - xhat * mean(g * xhat))``
+    with ``xhat = x * rstd``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, d, eps, round_to):
+        x2 = x.reshape(-1, d)
+        w = _as_param(weight, (d,), x.dtype)
+        y, rstd = _rms_norm_forward(x2, w, eps, round_to)
+        ctx.save_for_backward(x2, rstd, w)
+        ctx.shapes = (x.shape, None if weight is None else weight.shape)
+        return y.reshape(x.shape)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, grad_y):
+        x2, rstd, w = ctx.saved_tensors
+        x_shape, p_shape = ctx.shapes
+        d = x2.size(1)
+        go = grad_y.reshape(x2.shape)
+        grad_x = grad_w = None
+        buf = x2 * go  # the one new full-size tensor: grad_out * x now, grad_x at the end
+        if ctx.needs_input_grad[1]:
+            grad_w = buf.t().mv(rstd.view(-1)).view(p_shape)  # sum(grad_out * xhat)
+        if ctx.needs_input_grad[0]:
+            # k = -rstd**3 * mean(g * x) per row, g = grad_out * weight
+            if w is None:
+                k = buf.sum(1, keepdim=True).mul_(-1.0 / d)
+            else:
+                k = buf @ (w * (-1.0 / d)).unsqueeze(1)
+            k = k.mul_(rstd.pow(3))
+            # grad_x = rstd * g - x * rstd**3 * mean(g * x)
+            grad_x = torch.mul(go, rstd, out=buf)
+            if w is not None:
+                grad_x = grad_x.mul_(w)
+            grad_x = grad_x.addcmul_(x2, k).reshape(x_shape)
+        return grad_x, grad_w, None, None, None
 
 
 def _running_stats_affine(xf, running_mean, running_var, w, b, eps):
@@ -171,10 +464,17 @@ def _running_stats_affine(xf, running_mean, running_var, w, b, eps):
     return _affine(xf, scale, shift)
 
 
-def _update_running(buf: Tensor, stat: Tensor, momentum: float) -> None:
-    """``buf <- momentum * stat + (1 - momentum) * buf`` in place, outside autograd."""
-    with torch.no_grad():
-        buf.copy_((momentum * stat.reshape(buf.shape) + (1.0 - momentum) * buf).to(buf.dtype))
+def _update_running(buf: Tensor, stat: Tensor, momentum: float, correction: float = 1.0):
+    """``buf <- momentum * correction * stat + (1 - momentum) * buf``, in place.
+
+    ``stat`` is a non-differentiable output of the normalization, so autograd records
+    nothing; ``correction`` turns a biased variance into the unbiased one.
+    """
+    stat = stat.reshape(buf.shape)
+    if stat.dtype == buf.dtype:
+        buf.mul_(1.0 - momentum).add_(stat, alpha=momentum * correction)
+    else:  # float16 / bfloat16 buffers: combine in the statistics' float32, round once
+        buf.copy_(stat * (momentum * correction) + (1.0 - momentum) * buf)
 
 
 def _batch_norm(
@@ -224,16 +524,15 @@ def _batch_norm(
     xf = _opmath(input)
     if not training:
         return _running_stats_affine(xf, running_mean, running_var, w, b, eps).to(input.dtype)
-    inplace = _autograd_off(input, weight, bias)
-    neg_mean, centered, var = _centered_stats(xf, 2, outer=True, grad=not inplace)
+    # statistics per channel, over the batch and the spatial dims
+    dims = [0] + list(range(2, ndim))
+    layout = (None, (1, c) + (1,) * (ndim - 2), dims, None)
+    y, mean, var = _run(_ChannelNormFunction, xf, weight, bias, layout, eps)
     if running_mean is not None:
         n = input.numel() // c
-        _update_running(running_mean, -neg_mean, momentum)
-        _update_running(running_var, var * (n / (n - 1)), momentum)
-    # y = (x - mean) * (rsqrt(var + eps) * w) + b: the per-channel factors are combined
-    # first so that the full-size tensor is touched once
-    scale = torch.rsqrt(var + eps)
-    return _affine(centered, _affine(scale, w, None), b, inplace).to(input.dtype)
+        _update_running(running_mean, mean, momentum)
+        _update_running(running_var, var, momentum, n / (n - 1))
+    return y.to(input.dtype)
 
 
 def _check_trailing_shape(input: Tensor, ns, weight, bias, *, rms: bool) -> None:
@@ -275,12 +574,10 @@ def _layer_norm(
     xf = _opmath(input)
     if input.numel() == 0:
         return _empty_output(input, weight, bias)
-    inplace = _autograd_off(input, weight, bias)
-    _, centered, var = _centered_stats(xf, input.dim() - len(ns), grad=not inplace)
-    # y = (x - mean) * rsqrt(var + eps) * w + b: the per-row and the per-column
-    # factors need one full-size pass each
-    normalized = _affine(centered, torch.rsqrt(var + eps), None, inplace)
-    return _affine(normalized, weight, bias, inplace, fused=True).to(input.dtype)
+    d = 1
+    for s in ns:
+        d *= s
+    return _run(_LayerNormFunction, xf, weight, bias, d, eps).to(input.dtype)
 
 
 def _group_norm(
@@ -316,13 +613,13 @@ def _group_norm(
     xf = _opmath(input)
     if input.numel() == 0:
         return _empty_output(input, w, b)
-    # statistics per (sample, group); the scale is expanded to per (sample, channel)
-    # and multiplied by the per-channel weight before it touches the full-size tensor
-    inplace = _autograd_off(input, weight, bias)
-    _, centered, var = _centered_stats(xf.reshape(n, num_groups, -1), 2, grad=not inplace)
-    scale = torch.rsqrt(var + eps).expand(n, num_groups, c // num_groups)
-    scale = _affine(scale.reshape((n, c) + (1,) * (ndim - 2)), w, None)
-    return _affine(centered.reshape(input.shape), scale, b, inplace).to(input.dtype)
+    # statistics per (sample, group) over dims 2 and 3 of the (N, G, C // G, *) view;
+    # the parameters vary along dim 2, the channels of a group
+    cg = c // num_groups
+    shape = (n, num_groups, cg, input.numel() // (n * c))
+    layout = (shape, (1, num_groups, cg, 1), [2, 3], 2)
+    y, _, _ = _run(_ChannelNormFunction, xf, weight, bias, layout, eps)
+    return y.to(input.dtype)
 
 
 def _instance_norm(
@@ -367,14 +664,14 @@ def _instance_norm(
     xf = _opmath(input)
     if not use_input_stats:
         return _running_stats_affine(xf, running_mean, running_var, w, b, eps).to(input.dtype)
-    inplace = _autograd_off(input, weight, bias)
-    neg_mean, centered, var = _centered_stats(xf, 2, grad=not inplace)
+    # statistics per (sample, channel), over the spatial dims
+    layout = (None, (1, c) + (1,) * (ndim - 2), list(range(2, ndim)), None)
+    y, mean, var = _run(_ChannelNormFunction, xf, weight, bias, layout, eps)
     if running_mean is not None:
         m = input[0, 0].numel()
-        _update_running(running_mean, -neg_mean.mean(0), momentum)
-        _update_running(running_var, (var * (m / (m - 1))).mean(0), momentum)
-    scale = _affine(torch.rsqrt(var + eps), w, None)
-    return _affine(centered, scale, b, inplace).to(input.dtype)
+        _update_running(running_mean, mean.mean(0), momentum)
+        _update_running(running_var, var.mean(0), momentum, m / (m - 1))
+    return y.to(input.dtype)
 
 
 def _rms_norm(
@@ -389,11 +686,13 @@ def _rms_norm(
     xf = _opmath(input)
     if eps is None:
         eps = torch.finfo(xf.dtype).eps
-    dims = list(range(input.dim() - len(ns), input.dim()))
-    y = (xf * torch.rsqrt(xf.square().mean(dims, keepdim=True) + eps)).to(input.dtype)
-    if weight is not None:
-        y = (y * weight).to(input.dtype)
-    return y
+    if input.numel() == 0:
+        return _empty_output(input, weight, None)
+    d = 1
+    for s in ns:
+        d *= s
+    round_to = input.dtype if input.dtype in _REDUCED else None
+    return _run(_RMSNormFunction, xf, weight, d, eps, round_to).to(input.dtype)
 
 
 def _as_shape(normalized_shape) -> tuple[int, ...]:
