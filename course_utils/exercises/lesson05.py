@@ -1,0 +1,438 @@
+"""Lesson 05 (layer norm and RMS norm): forward and backward of both, and a LayerNorm module."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .core import (
+    FORBIDDEN_CALLS,
+    Case,
+    Exercise,
+    autograd_gradients,
+    compare,
+    gradient_diagnosis,
+    numerical_gradient,
+    train_eval_diagnosis,
+)
+from .lesson04 import kernels_blocked
+from .registry import register
+
+GRAD_TOL = 1e-6  # largest relative error accepted for a gradient (float64 inputs)
+
+
+def _functional():
+    from ..reference import functional
+
+    return functional
+
+
+def _modules():
+    from ..reference import modules
+
+    return modules
+
+
+def _rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    """(n, d) rows with their own offsets and scales (layer norm must handle each row)."""
+    return rng.normal(size=(n, d)) * rng.uniform(0.2, 5, size=(n, 1)) + rng.uniform(-4, 4, (n, 1))
+
+
+# ------------------------------------------------------------------------------------------
+# forward exercises
+# ------------------------------------------------------------------------------------------
+
+
+def _ln_forward_reference():
+    F = _functional()
+
+    def layer_norm_forward(x, gamma, beta, eps=1e-5):
+        x = np.asarray(x, dtype=np.float64)
+        return F.layer_norm(x, x.shape[-1], gamma, beta, eps)
+
+    return layer_norm_forward
+
+
+def _rms_forward_reference():
+    F = _functional()
+
+    def rms_norm_forward(x, weight, eps=1e-6):
+        x = np.asarray(x, dtype=np.float64)
+        return F.rms_norm(x, x.shape[-1], weight, eps)
+
+    return rms_norm_forward
+
+
+def _forward_cases(with_beta: bool):
+    def cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
+        if not hidden:
+            shapes = [((4, 5), 1e-5), ((2, 3, 8), 1e-5), ((6, 1), 1e-3), ((1, 7), 1e-5)]
+        else:
+            shapes = []
+            for _ in range(4):
+                lead = tuple(int(v) for v in rng.integers(1, 7, size=int(rng.integers(1, 3))))
+                shapes.append((lead + (int(rng.integers(1, 17)),), float(rng.choice([1e-5, 1e-3]))))
+        out = []
+        for shape, eps in shapes:
+            d = shape[-1]
+            x = _rows(rng, int(np.prod(shape[:-1])), d).reshape(shape)
+            gamma = rng.uniform(0.5, 2.0, size=d)
+            beta = rng.normal(size=d)
+            args = (x, gamma, beta) if with_beta else (x, gamma)
+            label = f"x of shape {shape}" + (", D = 1 (a single feature)" if d == 1 else "")
+            out.append(Case(args=args, kwargs={"eps": eps}, label=label))
+        return out
+
+    return cases
+
+
+def _forward_diagnose(kind: str):
+    def diagnose(got, expected, case: Case) -> str | None:
+        try:
+            g = np.asarray(got, dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        if g.shape != np.shape(expected) or compare(g, expected) is None:
+            return None
+        x = np.asarray(case.args[0], dtype=np.float64)
+        gamma = case.args[1]
+        beta = case.args[2] if kind == "layer" else 0.0
+        eps = case.kwargs["eps"]
+        if kind == "layer":
+            over_batch = (x - x.mean(0)) / np.sqrt(x.var(0) + eps) * gamma + beta
+            if x.ndim == 2 and x.shape[0] > 1 and compare(g, over_batch) is None:
+                return (
+                    "statistics computed over the batch (axis 0): that is batch norm. Layer "
+                    "norm uses each sample's own mean and variance over its features: "
+                    "x.mean(axis=-1, keepdims=True)"
+                )
+            outside = (x - x.mean(-1, keepdims=True)) / (x.std(-1, keepdims=True) + eps)
+            if compare(g, outside * gamma + beta) is None:
+                return "eps belongs inside the square root: (x - mean) / sqrt(var + eps)"
+        else:
+            centred = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+            if compare(g, centred * gamma) is None:
+                return (
+                    "your output subtracts the mean: RMS norm does not centre, it divides x "
+                    "by sqrt(mean(x**2) + eps)"
+                )
+            if compare(g, x / np.sqrt((x * x).mean(-1, keepdims=True)) * gamma) is None:
+                return "add eps inside the square root: x / sqrt(mean(x**2) + eps)"
+        return None
+
+    return diagnose
+
+
+# ------------------------------------------------------------------------------------------
+# backward exercises
+# ------------------------------------------------------------------------------------------
+
+
+def _ln_backward_reference():
+    F = _functional()
+
+    def layer_norm_backward(dout, x, gamma, eps=1e-5):
+        x = np.asarray(x, dtype=np.float64)
+        return F.layer_norm_backward(dout, x, x.shape[-1], gamma, eps)
+
+    return layer_norm_backward
+
+
+def _rms_backward_reference():
+    F = _functional()
+
+    def rms_norm_backward(dout, x, weight, eps=1e-6):
+        x = np.asarray(x, dtype=np.float64)
+        return F.rms_norm_backward(dout, x, x.shape[-1], weight, eps)
+
+    return rms_norm_backward
+
+
+def _backward_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
+    if not hidden:
+        specs = [(4, 5, 1e-5), (8, 3, 1e-5), (3, 6, 1e-3)]
+    else:
+        specs = [
+            (int(rng.integers(1, 9)), int(rng.integers(2, 10)), float(rng.choice([1e-5, 1e-3])))
+            for _ in range(3)
+        ]
+    out = []
+    for n, d, eps in specs:
+        x = _rows(rng, n, d)
+        out.append(
+            Case(
+                args=(rng.normal(size=(n, d)), x, rng.uniform(0.5, 2.0, size=d)),
+                kwargs={"eps": eps},
+                label=f"x of shape ({n}, {d})",
+            )
+        )
+    return out
+
+
+def _torch_ln(x, gamma, beta, eps):
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps) * gamma + beta
+
+
+def _torch_rms(x, weight, eps):
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * weight
+
+
+def _backward_diagnose(kind: str):
+    names = ("dx", "dgamma", "dbeta") if kind == "layer" else ("dx", "dweight")
+
+    def diagnose(got, expected, case: Case) -> str | None:
+        if not isinstance(got, (tuple, list)):
+            return f"return a tuple {tuple(names)}"
+        if len(got) != len(names):
+            return f"return {len(names)} arrays {tuple(names)}, got {len(got)}"
+        dout, x, gamma = (np.asarray(a, dtype=np.float64) for a in case.args)
+        eps = case.kwargs["eps"]
+        if kind == "layer":
+            beta = np.zeros_like(gamma)
+            auto = autograd_gradients(
+                lambda x_, g_, b_: _torch_ln(x_, g_, b_, eps), (x, gamma, beta), dout
+            )
+
+            def f(x_):
+                return _functional().layer_norm(x_, x_.shape[-1], gamma, None, eps)
+        else:
+            auto = autograd_gradients(lambda x_, g_: _torch_rms(x_, g_, eps), (x, gamma), dout)
+
+            def f(x_):
+                return _functional().rms_norm(x_, x_.shape[-1], gamma, eps)
+
+        num = numerical_gradient(f, x, dout)
+        msg = gradient_diagnosis(
+            got[0], {"the numerical gradient": num, "torch.autograd": auto[0]}, "dx", GRAD_TOL
+        )
+        if msg:
+            return msg
+        for i, name in enumerate(names[1:], 1):
+            msg = gradient_diagnosis(got[i], {"torch.autograd": auto[i]}, name, GRAD_TOL)
+            if msg:
+                return msg
+        return None
+
+    return diagnose
+
+
+# ------------------------------------------------------------------------------------------
+# 05.LayerNorm module
+# ------------------------------------------------------------------------------------------
+
+
+def _module_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
+    if not hidden:
+        specs = [
+            ((4, 6), 6, {}),
+            ((2, 3, 5), 5, {"eps": 1e-3}),
+            ((3, 4, 5), (4, 5), {}),
+            ((4, 6), 6, {"elementwise_affine": False}),
+            ((5, 4), 4, {"bias": False}),
+            ((1, 3), 3, {}),
+        ]
+    else:
+        specs = []
+        for _ in range(4):
+            d = int(rng.integers(1, 9))
+            kw = dict([("eps", 1e-3)] if rng.random() < 0.3 else [])
+            r = rng.random()
+            if r < 0.2:
+                kw["elementwise_affine"] = False
+            elif r < 0.4:
+                kw["bias"] = False
+            if rng.random() < 0.3:
+                t = int(rng.integers(2, 5))
+                specs.append(((int(rng.integers(1, 5)), t, d), (t, d), kw))
+            else:
+                specs.append(((int(rng.integers(1, 7)), d), d, kw))
+    out = []
+    for shape, ns, kw in specs:
+        ns_shape = (ns,) if isinstance(ns, int) else tuple(ns)
+        x = (rng.normal(size=shape) * rng.uniform(0.5, 3) + rng.uniform(-3, 3)).astype(np.float32)
+        out.append(
+            Case(
+                args=(ns,),
+                kwargs=kw,
+                label=f"LayerNorm({ns}{''.join(f', {k}={v}' for k, v in kw.items())}), "
+                f"x of shape {shape}",
+                meta={
+                    "x": x,
+                    "g": rng.normal(size=shape).astype(np.float32),
+                    "weight": rng.uniform(0.5, 1.5, size=ns_shape).astype(np.float32),
+                    "bias": rng.normal(size=ns_shape).astype(np.float32),
+                },
+            )
+        )
+    return out
+
+
+def _module_run(cls, case: Case) -> dict:
+    meta = case.meta
+    trusted = cls is nn.LayerNorm or cls is _modules().LayerNorm
+    m = cls(*case.args, **case.kwargs)
+    if isinstance(m, nn.LayerNorm) and not trusted:
+        raise TypeError("subclass nn.Module, not nn.LayerNorm, and build it from tensor operations")
+    params = dict(m.named_parameters())
+    out: dict = {
+        "parameters": tuple(sorted((k, tuple(v.shape)) for k, v in params.items())),
+        "state_dict keys": tuple(sorted(m.state_dict().keys())),
+    }
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            if name in params:
+                params[name].copy_(torch.from_numpy(meta[name]))
+    with kernels_blocked(not trusted, "LayerNorm"):
+        for mode in ("train", "eval"):
+            m.train(mode == "train")
+            x = torch.from_numpy(meta["x"].copy()).requires_grad_(True)
+            for p in m.parameters():
+                p.grad = None
+            y = m(x)
+            if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
+                raise ValueError(f"the output must be a tensor shaped like x, {tuple(x.shape)}")
+            y.backward(torch.from_numpy(meta["g"]))
+            out[f"{mode}: output"] = y.detach().numpy().copy()
+            out[f"{mode}: grad of x"] = x.grad.numpy().copy()
+            for name in ("weight", "bias"):
+                if name in params:
+                    grad = params[name].grad
+                    out[f"{mode}: grad of {name}"] = (
+                        np.zeros(params[name].shape) if grad is None else grad.numpy().copy()
+                    )
+    return out
+
+
+def _module_diagnose(got, expected, case: Case) -> str | None:
+    if not isinstance(got, dict):
+        return None
+    for key in ("parameters", "state_dict keys"):
+        if key in got and tuple(got[key]) != tuple(expected[key]):
+            return (
+                f"{key} are {list(got[key])}, torch's are {list(expected[key])} (weight and bias "
+                "have shape normalized_shape; elementwise_affine=False has neither, "
+                "bias=False no bias)"
+            )
+    out = got.get("train: output")
+    if out is not None and compare(out, expected["train: output"], atol=1e-4, rtol=1e-4):
+        x = case.meta["x"].astype(np.float64)
+        if x.ndim == 2 and x.shape[0] > 1:
+            over_batch = (x - x.mean(0)) / np.sqrt(x.var(0) + case.kwargs.get("eps", 1e-5))
+            if (
+                compare(
+                    out, over_batch * case.meta["weight"] + case.meta["bias"], atol=1e-4, rtol=1e-4
+                )
+                is None
+            ):
+                return (
+                    "statistics computed over the batch (dim 0): layer norm uses each "
+                    "sample's own statistics over the last len(normalized_shape) dims"
+                )
+        return None
+    return train_eval_diagnosis(
+        got.get("train: output"),
+        got.get("eval: output"),
+        expected["train: output"],
+        expected["eval: output"],
+        1e-4,
+        1e-4,
+    )
+
+
+register(
+    Exercise(
+        id="05.layer_norm_forward",
+        name="layer_norm_forward",
+        points=1,
+        title="Layer-norm forward: normalize each sample over its last (feature) axis",
+        reference=_ln_forward_reference,
+        cases=_forward_cases(with_beta=True),
+        diagnose=_forward_diagnose("layer"),
+        atol=1e-7,
+        rtol=1e-6,
+        hints=(
+            "Reduce over the last axis and keep it for broadcasting: mu = x.mean(axis=-1, "
+            "keepdims=True).",
+            "var = ((x - mu) ** 2).mean(axis=-1, keepdims=True) (biased), then (x - mu) / "
+            "np.sqrt(var + eps) * gamma + beta.",
+        ),
+    ),
+    Exercise(
+        id="05.layer_norm_backward",
+        name="layer_norm_backward",
+        points=3,
+        title="Layer-norm backward for (N, D) inputs: dx, dgamma, dbeta",
+        reference=_ln_backward_reference,
+        cases=_backward_cases,
+        diagnose=_backward_diagnose("layer"),
+        atol=1e-7,
+        rtol=1e-5,
+        hints=(
+            "It is batch norm's backward with the axes swapped: the statistics are over axis 1 "
+            "(features), so every mean in the formula is over axis=1, keepdims=True.",
+            "dbeta = dout.sum(axis=0); dgamma = (dout * x_hat).sum(axis=0): gamma and beta are "
+            "shared by all samples, so their gradients sum over the batch.",
+            "With g = dout * gamma: dx = (g - g.mean(1, keepdims=True) - x_hat * (g * x_hat)"
+            ".mean(1, keepdims=True)) / np.sqrt(var + eps).",
+        ),
+    ),
+    Exercise(
+        id="05.rms_norm_forward",
+        name="rms_norm_forward",
+        points=1,
+        title="RMS-norm forward: divide each sample by its root mean square",
+        reference=_rms_forward_reference,
+        cases=_forward_cases(with_beta=False),
+        diagnose=_forward_diagnose("rms"),
+        atol=1e-7,
+        rtol=1e-6,
+        hints=(
+            "No mean subtraction: rms = np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + eps).",
+            "Return x / rms * weight.",
+        ),
+    ),
+    Exercise(
+        id="05.rms_norm_backward",
+        name="rms_norm_backward",
+        points=2,
+        title="RMS-norm backward for (N, D) inputs: dx and dweight",
+        reference=_rms_backward_reference,
+        cases=_backward_cases,
+        diagnose=_backward_diagnose("rms"),
+        atol=1e-7,
+        rtol=1e-5,
+        hints=(
+            "With r = 1 / sqrt(mean(x**2) + eps) per row, y = x * r * w. dweight = (dout * x * r)"
+            ".sum(axis=0).",
+            "r depends on every x of its row: dr/dx_j = -r**3 * x_j / D.",
+            "With g = dout * w: dx = r * g - x * r**3 * (g * x).mean(axis=1, keepdims=True).",
+        ),
+    ),
+    Exercise(
+        id="05.LayerNorm",
+        name="LayerNorm",
+        points=2,
+        title="A LayerNorm nn.Module from primitive ops that matches torch.nn.LayerNorm",
+        reference=lambda: nn.LayerNorm,
+        cases=_module_cases,
+        run=_module_run,
+        diagnose=_module_diagnose,
+        atol=1e-5,
+        rtol=1e-4,
+        forbidden=tuple(n for n in FORBIDDEN_CALLS if n != "LayerNorm"),
+        hints=(
+            "normalized_shape may be an int: store self.normalized_shape = (n,) if isinstance(n, "
+            "int) else tuple(n). The statistics are over the last len(normalized_shape) dims: "
+            "dims = tuple(range(-len(self.normalized_shape), 0)).",
+            "Parameters: weight = nn.Parameter(torch.ones(normalized_shape)) and bias (zeros) when "
+            "elementwise_affine; bias=False leaves only the weight; use "
+            "self.register_parameter('bias', None) for a missing one.",
+            "forward: mean = x.mean(dims, keepdim=True), var = ((x - mean) ** 2).mean(dims, "
+            "keepdim=True); y = (x - mean) / torch.sqrt(var + eps), then * weight and + bias if "
+            "present. Train and eval mode are the same.",
+        ),
+    ),
+)

@@ -1,0 +1,391 @@
+"""Lesson 05 (layer norm and RMS norm): invariances, speed, and a small sequence model.
+
+- :func:`batch_dependence`: how much one sample's output changes when its batch-mates change,
+  for batch norm, layer norm and RMS norm.
+- :func:`invariance_table`: Ba et al.'s (2016) Table 1 measured: which re-scalings and shifts
+  leave batch norm's, layer norm's and RMS norm's outputs unchanged.
+- :func:`time_norms`: layer norm against RMS norm, in torch (fused vs composite kernels) and in
+  NumPy, forward and forward + backward.
+- The sequence model: a vanilla RNN ``h_t = tanh(norm(W_x x_t + W_h h_{t-1} + b))`` (the
+  normalization on the summed inputs, as in Ba et al.) on a delayed-recall task
+  (:func:`recall_batch`: output, at every step, the token seen ``delay`` steps earlier).
+  :class:`NormRNN` is the readable torch module; :func:`rnn_sweep` trains many of them at once
+  (norm x recurrent-weight scale x learning rate x seed, batched along a member axis) with Adam.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "batch_dependence",
+    "invariance_table",
+    "time_norms",
+    "recall_batch",
+    "NormRNN",
+    "RNNSweep",
+    "rnn_sweep",
+    "sweep_matches_module",
+    "RNN_NORMS",
+]
+
+RNN_NORMS = ("none", "layer", "rms")
+
+
+# --------------------------------------------------------------------------------------
+# batch dependence and invariances
+# --------------------------------------------------------------------------------------
+
+
+def _norms(d: int) -> dict[str, nn.Module]:
+    return {"batch": nn.BatchNorm1d(d), "layer": nn.LayerNorm(d), "rms": nn.RMSNorm(d)}
+
+
+@torch.no_grad()
+def batch_dependence(n: int = 16, d: int = 32, trials: int = 5, seed: int = 0) -> dict[str, float]:
+    """Largest change of sample 0's output (training mode) when the other n - 1 samples of
+    its (n, d) batch are redrawn, over ``trials`` redraws, per normalization."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(1, d, generator=g) * 2 + 1
+    out = {}
+    for name, norm in _norms(d).items():
+        norm.train()
+        ref = norm(torch.cat([x0, torch.randn(n - 1, d, generator=g)]))[0]
+        worst = 0.0
+        for _ in range(trials):
+            mates = torch.randn(n - 1, d, generator=g) * float(torch.rand(1, generator=g) * 3 + 0.2)
+            worst = max(worst, float((norm(torch.cat([x0, mates]))[0] - ref).abs().max()))
+        out[name] = worst
+    return out
+
+
+@torch.no_grad()
+def invariance_table(n: int = 32, d_in: int = 16, d: int = 24, seed: int = 0) -> dict[str, dict]:
+    """Which transformations leave ``norm(x @ W.T)`` unchanged (training mode)?
+
+    Rows: re-scale the whole weight matrix; re-scale each weight vector (row of W, one
+    output feature) differently; re-scale one sample; shift one sample (add a constant to all
+    its pre-activations); re-scale the data set per feature (each column of the pre-activation
+    differently). Values: the largest absolute change of the output, per normalization.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d_in, generator=g)
+    w = torch.randn(d, d_in, generator=g) / math.sqrt(d_in)
+    norms = _norms(d)
+    col = torch.rand(d, generator=g) * 2.5 + 0.5
+    transforms = {
+        "weight matrix x 3": lambda x, w: x @ (3 * w).T,
+        "each weight vector x its own c_j": lambda x, w: x @ (w * col[:, None]).T,
+        "one sample x 3": lambda x, w: torch.cat([3 * x[:1] @ w.T, x[1:] @ w.T]),
+        "one sample + 2 (all features)": lambda x, w: torch.cat([x[:1] @ w.T + 2, x[1:] @ w.T]),
+        "each feature x its own c_j": lambda x, w: (x @ w.T) * col,
+    }
+    table = {}
+    for tname, f in transforms.items():
+        row = {}
+        for nname, norm in norms.items():
+            norm.train()
+            before, after = norm(x @ w.T), norm(f(x, w))
+            if tname.startswith("one sample"):
+                before, after = before[:1], after[:1]  # the sample that was changed
+            row[nname] = float((after - before).abs().max())
+        table[tname] = row
+    return table
+
+
+def _bench(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def time_norms(n: int = 2048, d: int = 512, repeats: int = 7, seed: int = 0) -> dict[str, float]:
+    """Best-of-``repeats`` seconds for layer norm and RMS norm on an (n, d) float32 input.
+
+    Keys: ``"torch LN forward"``, ``"torch RMS forward"``, ``"torch LN fwd+bwd"``,
+    ``"torch RMS fwd+bwd"`` (``nn.LayerNorm`` / ``nn.RMSNorm``), ``"numpy LN forward"``,
+    ``"numpy RMS forward"`` (the textbook NumPy formulas).
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    ln, rms = nn.LayerNorm(d), nn.RMSNorm(d)
+    xg = x.clone().requires_grad_(True)
+    grad = torch.randn(n, d, generator=g)
+
+    def fwd_bwd(m):
+        xg.grad = None
+        m(xg).backward(grad)
+
+    xn = x.numpy()
+
+    def np_ln():
+        mu = xn.mean(1, keepdims=True)
+        c = xn - mu
+        return c / np.sqrt((c * c).mean(1, keepdims=True) + 1e-5)
+
+    def np_rms():
+        return xn / np.sqrt((xn * xn).mean(1, keepdims=True) + 1e-6)
+
+    out = {}
+    with torch.no_grad():
+        out["torch LN forward"] = _bench(lambda: ln(x), repeats)
+        out["torch RMS forward"] = _bench(lambda: rms(x), repeats)
+    out["torch LN fwd+bwd"] = _bench(lambda: fwd_bwd(ln), repeats)
+    out["torch RMS fwd+bwd"] = _bench(lambda: fwd_bwd(rms), repeats)
+    out["numpy LN forward"] = _bench(np_ln, repeats)
+    out["numpy RMS forward"] = _bench(np_rms, repeats)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# the sequence model
+# --------------------------------------------------------------------------------------
+
+
+def recall_batch(
+    batch_size: int,
+    seq_len: int = 12,
+    vocab: int = 8,
+    delay: int = 5,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random tokens (N, T) and targets (N, T - delay): target[:, t] = tokens[:, t], to be
+    output at step t + delay (the model must remember ``delay`` steps back)."""
+    x = torch.randint(0, vocab, (batch_size, seq_len), generator=generator)
+    return x, x[:, : seq_len - delay]
+
+
+class NormRNN(nn.Module):
+    """A vanilla RNN with optional normalization of the summed inputs (Ba et al. 2016).
+
+    ``a_t = W_x[x_t] + h_{t-1} W_h + b``, ``h_t = tanh(norm(a_t))``, logits ``h_t W_o + b_o``.
+    ``norm``: ``"none"``, ``"layer"`` (``nn.LayerNorm(H)``: mean and variance of the H summed
+    inputs of each sample at each step) or ``"rms"`` (``nn.RMSNorm(H, eps=1e-5)``).
+    ``gain`` scales the recurrent weights: W_h ~ U(-a, a) with a = gain * sqrt(3 / H), so the
+    entries have standard deviation gain / sqrt(H); gain 1 is the usual scale.
+
+    Input tokens (N, T) int64; output logits (N, T - delay, V) for the steps that have a target.
+    """
+
+    def __init__(
+        self,
+        vocab: int = 8,
+        hidden: int = 32,
+        norm: str = "layer",
+        gain: float = 1.0,
+        delay: int = 5,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if norm not in RNN_NORMS:
+            raise ValueError(f"norm must be one of {RNN_NORMS}, got {norm!r}")
+        self.delay = delay
+        w_x, w_h, w_o = _rnn_init(vocab, hidden, gain, seed)
+        self.w_x = nn.Parameter(w_x)
+        self.w_h = nn.Parameter(w_h)
+        self.b = nn.Parameter(torch.zeros(hidden))
+        self.norm = {
+            "none": nn.Identity(),
+            "layer": nn.LayerNorm(hidden),
+            "rms": nn.RMSNorm(hidden, eps=1e-5),
+        }[norm]
+        self.w_o = nn.Parameter(w_o)
+        self.b_o = nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, t = tokens.shape
+        xin = self.w_x[tokens]  # (N, T, H)
+        h = xin.new_zeros(n, xin.shape[2])
+        outs = []
+        for step in range(t):
+            h = torch.tanh(self.norm(xin[:, step] + h @ self.w_h + self.b))
+            if step >= self.delay:
+                outs.append(h)
+        return torch.stack(outs, 1) @ self.w_o + self.b_o
+
+
+def _rnn_init(vocab: int, hidden: int, gain: float, seed: int):
+    g = torch.Generator().manual_seed(int(seed))
+    w_x = (torch.rand(vocab, hidden, generator=g) * 2 - 1) * math.sqrt(3.0)  # std 1
+    w_h = (torch.rand(hidden, hidden, generator=g) * 2 - 1) * gain * math.sqrt(3.0 / hidden)
+    w_o = (torch.rand(hidden, vocab, generator=g) * 2 - 1) / math.sqrt(hidden)
+    return w_x, w_h, w_o
+
+
+@dataclass
+class RNNSweep:
+    """What :func:`rnn_sweep` measured.
+
+    ``members``: (norm, gain, lr, seed) per trained network; ``loss``: training loss per step,
+    array (steps, K) (every batch is fresh random data, so it is also the loss on unseen
+    sequences); ``accuracy``: recall accuracy per step, (steps, K).
+    """
+
+    members: list[tuple[str, float, float, int]]
+    loss: np.ndarray
+    accuracy: np.ndarray
+    seconds: float = 0.0
+    final_window: int = 20
+    best: dict = field(default_factory=dict)
+
+    def final(self) -> np.ndarray:
+        """Mean loss over the last ``final_window`` steps, per member: (K,)."""
+        return self.loss[-self.final_window :].mean(0)
+
+    def select(self, norm: str, gain: float) -> tuple[float, np.ndarray]:
+        """The learning rate with the lowest final loss (mean over seeds) for this norm and
+        gain, and the member indices of that learning rate's seeds."""
+        fin = self.final()
+        lrs = sorted({m[2] for m in self.members if m[0] == norm and m[1] == gain})
+        scores = []
+        for lr in lrs:
+            idx = [i for i, m in enumerate(self.members) if m[:3] == (norm, gain, lr)]
+            scores.append((float(np.mean(fin[idx])), lr, np.array(idx)))
+        _, lr, idx = min(scores, key=lambda s: s[0])
+        return lr, idx
+
+    def best_final(self, norm: str, gain: float) -> float:
+        """Final loss (mean over seeds) at the best learning rate."""
+        _, idx = self.select(norm, gain)
+        return float(self.final()[idx].mean())
+
+    def best_curve(self, norm: str, gain: float) -> np.ndarray:
+        """Loss per step (mean over seeds) at the best learning rate: (steps,)."""
+        _, idx = self.select(norm, gain)
+        return self.loss[:, idx].mean(1)
+
+    def steps_to(self, norm: str, gain: float, threshold: float, smooth: int = 10) -> int | None:
+        """First step at which the (running-mean smoothed) best curve is below ``threshold``."""
+        c = np.convolve(self.best_curve(norm, gain), np.ones(smooth) / smooth, mode="valid")
+        hit = np.flatnonzero(c < threshold)
+        return int(hit[0] + smooth) if hit.size else None
+
+
+def rnn_sweep(
+    norms: Sequence[str] = RNN_NORMS,
+    gains: Sequence[float] = (1.0, 3.0),
+    lrs: Sequence[float] = (0.003, 0.01, 0.03, 0.1),
+    seeds: Sequence[int] = (0, 1),
+    steps: int = 200,
+    batch_size: int = 16,
+    seq_len: int = 12,
+    vocab: int = 8,
+    hidden: int = 32,
+    delay: int = 5,
+    data_seed: int = 7,
+) -> RNNSweep:
+    """Train one :class:`NormRNN` per (norm, gain, lr, seed) with Adam, all at once.
+
+    The K networks are stacked along a leading member axis and run as one batched
+    computation (``torch.bmm``); each member has exactly the parameters, initialization and
+    arithmetic of a :class:`NormRNN` (checked by :func:`sweep_matches_module`) and its own
+    learning rate. Every member sees the same fresh random batches. Returns an
+    :class:`RNNSweep`.
+    """
+    t0 = time.perf_counter()
+    members = [
+        (nm, float(g), float(lr), int(s))
+        for nm in norms
+        for g in gains
+        for lr in lrs
+        for s in seeds
+    ]
+    k = len(members)
+    inits = [_rnn_init(vocab, hidden, g, s) for _, g, _, s in members]
+    params = {
+        "w_x": torch.stack([i[0] for i in inits]),
+        "w_h": torch.stack([i[1] for i in inits]),
+        "b": torch.zeros(k, 1, hidden),
+        "gamma": torch.ones(k, 1, hidden),
+        "beta": torch.zeros(k, 1, hidden),
+        "w_o": torch.stack([i[2] for i in inits]),
+        "b_o": torch.zeros(k, 1, vocab),
+    }
+    for p in params.values():
+        p.requires_grad_(True)
+    center = torch.tensor([m[0] == "layer" for m in members], dtype=torch.float32).view(k, 1, 1)
+    normed = torch.tensor([m[0] != "none" for m in members], dtype=torch.float32).view(k, 1, 1)
+    lr = torch.tensor([m[2] for m in members])
+    state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
+    gen = torch.Generator().manual_seed(data_seed)
+    losses, accs = [], []
+    for step in range(1, steps + 1):
+        x, y = recall_batch(batch_size, seq_len, vocab, delay, gen)
+        xin = params["w_x"][:, x]  # (K, N, T, H)
+        h = xin.new_zeros(k, batch_size, hidden)
+        outs = []
+        for t in range(seq_len):
+            a = xin[:, :, t] + torch.bmm(h, params["w_h"]) + params["b"]
+            # one formula for the three members' kinds: layer norm centres (center = 1), RMS
+            # norm does not, 'none' members skip the division and the gain (normed = 0)
+            c = a - a.mean(2, keepdim=True) * center
+            r = torch.rsqrt((c * c).mean(2, keepdim=True) + 1e-5) * normed + (1 - normed)
+            scale = params["gamma"] * normed + (1 - normed)
+            h = torch.tanh(c * r * scale + params["beta"] * center)
+            if t >= delay:
+                outs.append(h)
+        hs = torch.stack(outs, 2).reshape(k, -1, hidden)
+        logits = torch.baddbmm(params["b_o"], hs, params["w_o"])
+        target = y.reshape(1, -1).expand(k, -1)
+        ce = F.cross_entropy(logits.reshape(-1, vocab), target.reshape(-1), reduction="none")
+        loss = ce.view(k, -1).mean(1)
+        accs.append((logits.argmax(2) == target).float().mean(1).detach())
+        losses.append(loss.detach())
+        for p in params.values():
+            p.grad = None
+        torch.nan_to_num(loss, nan=0.0, posinf=0.0).sum().backward()
+        with torch.no_grad():  # Adam, with one learning rate per member
+            for name, p in params.items():
+                m, v = state[name]
+                g = torch.nan_to_num(p.grad)
+                m.mul_(0.9).add_(g, alpha=0.1)
+                v.mul_(0.999).addcmul_(g, g, value=0.001)
+                upd = (m / (1 - 0.9**step)) / ((v / (1 - 0.999**step)).sqrt() + 1e-8)
+                p.sub_(upd * lr.view((k,) + (1,) * (p.dim() - 1)))
+    return RNNSweep(
+        members,
+        torch.stack(losses).numpy(),
+        torch.stack(accs).numpy(),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def sweep_matches_module(steps: int = 3) -> float:
+    """Largest difference between :func:`rnn_sweep`'s losses and those of separately trained
+    :class:`NormRNN` modules with ``torch.optim.Adam`` (same data), over a few steps."""
+    sweep = rnn_sweep(
+        norms=RNN_NORMS,
+        gains=(1.5,),
+        lrs=(0.01,),
+        seeds=(3,),
+        steps=steps,
+        batch_size=4,
+        seq_len=10,
+        delay=3,
+        hidden=8,
+        vocab=5,
+    )
+    worst = 0.0
+    for j, norm in enumerate(RNN_NORMS):
+        model = NormRNN(vocab=5, hidden=8, norm=norm, gain=1.5, delay=3, seed=3)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        gen = torch.Generator().manual_seed(7)
+        for s in range(steps):
+            x, y = recall_batch(4, 10, 5, 3, gen)
+            loss = F.cross_entropy(model(x).reshape(-1, 5), y.reshape(-1))
+            worst = max(worst, abs(loss.detach().item() - float(sweep.loss[s, j])))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return worst
