@@ -176,6 +176,70 @@ def probe_overhead(blocks: int = 30, steps: int = 20) -> dict[str, float]:
     return out
 
 
+def bench_widgets_markdown(repeat: int = 3) -> str:
+    """The widget figures as a Markdown table (medians over ``repeat`` runs) for
+    docs/benchmarks.md."""
+    lat = [control_latency() for _ in range(repeat)]
+    other = [widget_latency() for _ in range(repeat)]
+    ups = [updates_per_second() for _ in range(repeat)]
+    probe = [probe_overhead() for _ in range(repeat)]
+
+    def med(rows, key):
+        return float(np.median([r[key] for r in rows]))
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "missed"
+
+    rows = [
+        (
+            "explorer: control change to redrawn plot, median",
+            f"{med(lat, 'median_ms'):.0f} ms",
+            "< 100 ms",
+            verdict(med(lat, "median_ms") < 100),
+        ),
+        ("explorer: control change to redrawn plot, p95", f"{med(lat, 'p95_ms'):.0f} ms", "", ""),
+        (
+            "playground: change the normalization",
+            f"{med(other, 'playground_kind_ms'):.0f} ms",
+            "< 100 ms",
+            verdict(med(other, "playground_kind_ms") < 100),
+        ),
+        (
+            "playground: change the highlighted entry",
+            f"{med(other, 'playground_entry_ms'):.0f} ms",
+            "< 100 ms",
+            verdict(med(other, "playground_entry_ms") < 100),
+        ),
+        (
+            "scaling explorer: move the learning rate",
+            f"{med(other, 'scaling_lr_ms'):.0f} ms",
+            "< 100 ms",
+            verdict(med(other, "scaling_lr_ms") < 100),
+        ),
+        (
+            "explorer: training + redraw (4x100 MLP, batch 64)",
+            f"{med(ups, 'updates_per_s'):.1f} updates/s ({med(ups, 'steps_per_s'):.0f} steps/s)",
+            ">= 10 updates/s",
+            verdict(med(ups, "updates_per_s") >= 10),
+        ),
+        (
+            "probe overhead, explorer settings (histograms every 5 steps)",
+            f"{med(probe, 'explorer_overhead_pct'):.0f}% of a {med(probe, 'step_ms'):.2f} ms step",
+            "< 30%",
+            verdict(med(probe, "explorer_overhead_pct") < 30),
+        ),
+        (
+            "probe overhead, default settings (histograms every step)",
+            f"{med(probe, 'default_overhead_pct'):.0f}%",
+            "< 30%",
+            verdict(med(probe, "default_overhead_pct") < 30),
+        ),
+    ]
+    lines = ["| measurement | result | target | |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="repeat each measurement")
