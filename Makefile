@@ -17,8 +17,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
+# JupyterLab refuses to run as root unless told to (containers and cloud VMs often are root)
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: setup
-	$(BIN)/jupyter lab lessons/00_start_here.ipynb
+	$(BIN)/jupyter lab $(ALLOW_ROOT) lessons/00_start_here.ipynb
 
 lessons: setup
 	$(BIN)/python -m course_utils.build
