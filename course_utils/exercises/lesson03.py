@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import numpy as np
 import torch
 
 from .core import FORBIDDEN_CALLS, Case, Exercise, numerical_gradient, rel_error
+from .drivers import forward_backward, kernels_blocked
 from .registry import register
 
 GRAD_TOL = 1e-6  # largest relative error accepted for a gradient (float64 inputs)
@@ -344,28 +344,6 @@ def _bn2d_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
     return cases
 
 
-@contextlib.contextmanager
-def _torch_kernels_blocked(active: bool):
-    """Make torch's batch-norm kernels raise while the learner's module runs."""
-    if not active:
-        yield
-        return
-    import torch.nn.functional as tF
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError(
-            "build BatchNorm2d from primitive tensor operations (mean, var, "
-            "arithmetic); calling torch's batch_norm is not allowed here"
-        )
-
-    saved = (tF.batch_norm, torch.batch_norm)
-    tF.batch_norm, torch.batch_norm = refuse, refuse
-    try:
-        yield
-    finally:
-        tF.batch_norm, torch.batch_norm = saved
-
-
 def _bn2d_run(cls, case: Case) -> dict:
     meta = case.meta
     c = case.args[0]
@@ -393,22 +371,12 @@ def _bn2d_run(cls, case: Case) -> dict:
         params["weight"].copy_(torch.from_numpy(meta["weight"]))
         params["bias"].copy_(torch.from_numpy(meta["bias"]))
     out: dict = {"state_dict keys": tuple(sorted(m.state_dict().keys()))}
-    with _torch_kernels_blocked(not trusted):
+    with kernels_blocked(not trusted, "BatchNorm2d"):
         for i, (x_np, g_np, training) in enumerate(zip(meta["xs"], meta["gs"], meta["modes"]), 1):
             tag = f"call {i} ({'train' if training else 'eval'})"
             m.train(training)
-            x = torch.from_numpy(x_np.copy()).requires_grad_(True)
-            for p in m.parameters():
-                p.grad = None
-            y = m(x)
-            if tuple(y.shape) != tuple(x.shape):
-                raise ValueError(
-                    f"output shape {tuple(y.shape)}, expected the input's {tuple(x.shape)}"
-                )
-            y.backward(torch.from_numpy(g_np))
-            out[f"{tag}: output"] = y.detach().numpy().copy()
-            out[f"{tag}: grad of x"] = x.grad.numpy().copy()
-            out[f"{tag}: grad of weight"] = params["weight"].grad.numpy().copy()
+            step = forward_backward(m, x_np, g_np, grads=("weight",))
+            out.update({f"{tag}: {k}": v for k, v in step.items()})
             out[f"{tag}: running_mean"] = buffers["running_mean"].detach().numpy().copy()
             out[f"{tag}: running_var"] = buffers["running_var"].detach().numpy().copy()
             out[f"{tag}: num_batches_tracked"] = int(buffers["num_batches_tracked"])

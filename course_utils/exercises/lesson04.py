@@ -3,13 +3,12 @@ statistics on recent data, and fixing an evaluation loop that forgets eval mode.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from torch import nn
 
 from .core import Case, Exercise, compare, running_stats_diagnosis, train_eval_diagnosis
+from .drivers import forward_backward, kernels_blocked
 from .registry import register
 
 
@@ -17,41 +16,6 @@ def _small_batch():
     from ..experiments import small_batch
 
     return small_batch
-
-
-# ------------------------------------------------------------------------------------------
-# shared: make torch's normalization kernels refuse while a learner's object runs
-# ------------------------------------------------------------------------------------------
-
-_KERNELS = ("batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm")
-
-
-@contextlib.contextmanager
-def kernels_blocked(active: bool, what: str):
-    """While active, torch's normalization functions raise a RuntimeError naming ``what``
-    (the in-notebook check's counterpart of the grader's call trap)."""
-    if not active:
-        yield
-        return
-    import torch.nn.functional as tF
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError(
-            f"build {what} from primitive tensor operations (mean, arithmetic, sqrt); "
-            "calling torch's own normalization is not allowed here"
-        )
-
-    saved = []
-    for mod in (tF, torch):
-        for name in _KERNELS:
-            if hasattr(mod, name):
-                saved.append((mod, name, getattr(mod, name)))
-                setattr(mod, name, refuse)
-    try:
-        yield
-    finally:
-        for mod, name, fn in saved:
-            setattr(mod, name, fn)
 
 
 def require_names(module: nn.Module, params: tuple[str, ...], buffers: tuple[str, ...] = ()):
@@ -140,20 +104,8 @@ def _ghost_run(cls, case: Case) -> dict:
         for i, (x_np, g_np, training) in enumerate(zip(meta["xs"], meta["gs"], meta["modes"]), 1):
             tag = f"call {i} ({'train' if training else 'eval'})"
             m.train(training)
-            x = torch.from_numpy(x_np.copy()).requires_grad_(True)
-            for p in m.parameters():
-                p.grad = None
-            y = m(x)
-            if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
-                raise ValueError(f"the output must be a tensor shaped like x, {tuple(x.shape)}")
-            y.backward(torch.from_numpy(g_np))
-            out[f"{tag}: output"] = y.detach().numpy().copy()
-            out[f"{tag}: grad of x"] = x.grad.numpy().copy()
-            out[f"{tag}: grad of weight"] = (
-                np.zeros_like(meta["weight"])
-                if params["weight"].grad is None
-                else params["weight"].grad.numpy().copy()
-            )
+            step = forward_backward(m, x_np, g_np, grads=("weight",))
+            out.update({f"{tag}: {k}": v for k, v in step.items()})
             out[f"{tag}: running_mean"] = buffers["running_mean"].detach().numpy().copy()
             out[f"{tag}: running_var"] = buffers["running_var"].detach().numpy().copy()
     return out

@@ -16,7 +16,7 @@ from .core import (
     numerical_gradient,
     train_eval_diagnosis,
 )
-from .lesson04 import kernels_blocked
+from .drivers import forward_backward, kernels_blocked
 from .registry import register
 
 GRAD_TOL = 1e-6  # largest relative error accepted for a gradient (float64 inputs)
@@ -288,21 +288,8 @@ def _module_run(cls, case: Case) -> dict:
     with kernels_blocked(not trusted, "LayerNorm"):
         for mode in ("train", "eval"):
             m.train(mode == "train")
-            x = torch.from_numpy(meta["x"].copy()).requires_grad_(True)
-            for p in m.parameters():
-                p.grad = None
-            y = m(x)
-            if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
-                raise ValueError(f"the output must be a tensor shaped like x, {tuple(x.shape)}")
-            y.backward(torch.from_numpy(meta["g"]))
-            out[f"{mode}: output"] = y.detach().numpy().copy()
-            out[f"{mode}: grad of x"] = x.grad.numpy().copy()
-            for name in ("weight", "bias"):
-                if name in params:
-                    grad = params[name].grad
-                    out[f"{mode}: grad of {name}"] = (
-                        np.zeros(params[name].shape) if grad is None else grad.numpy().copy()
-                    )
+            step = forward_backward(m, meta["x"], meta["g"])
+            out.update({f"{mode}: {k}": v for k, v in step.items()})
     return out
 
 

@@ -16,7 +16,7 @@ from .core import (
     gradient_diagnosis,
     numerical_gradient,
 )
-from .lesson04 import kernels_blocked
+from .drivers import forward_backward, kernels_blocked
 from .registry import register
 
 GRAD_TOL = 1e-6
@@ -331,19 +331,7 @@ def _module_run(cls, case: Case):
             if name in params:
                 params[name].copy_(torch.from_numpy(meta[name]))
     with kernels_blocked(not trusted, "GroupNorm"):
-        x = torch.from_numpy(meta["x"].copy()).requires_grad_(True)
-        y = m(x)
-        if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
-            raise ValueError(f"the output must be a tensor shaped like x, {tuple(x.shape)}")
-        y.backward(torch.from_numpy(meta["g"]))
-    out["output"] = y.detach().numpy().copy()
-    out["grad of x"] = x.grad.numpy().copy()
-    for name in ("weight", "bias"):
-        if name in params:
-            grad = params[name].grad
-            out[f"grad of {name}"] = (
-                np.zeros(params[name].shape) if grad is None else grad.numpy().copy()
-            )
+        out.update(forward_backward(m, meta["x"], meta["g"]))
     return out
 
 
