@@ -16,7 +16,8 @@ from PIL import Image
 
 from course_utils.widgets import ActivationExplorer, NormalizationPlayground, ScalingExplorer
 from course_utils.widgets.playground import normalize, sample_tensor, stat_groups
-from course_utils.widgets.scaling import gd_path, quadratic, scale_features
+from course_utils.experiments.scaling import gradient_descent
+from course_utils.widgets.scaling import scale_features
 
 
 @pytest.fixture
@@ -87,7 +88,8 @@ def test_relu_shows_dead_units_and_divergence_stops_training(explorer):
 def test_over_time_view_shows_layer_by_step_heatmap(explorer):
     explorer.step(30)
     explorer.set(view="over time")
-    assert explorer.ax_heat.get_visible() and not explorer.ax_hist.get_visible()
+    ax = explorer.figure.ax
+    assert ax["heat"].get_visible() and not ax["hist"].get_visible()
     heat = explorer.plotted()["heatmap"]
     assert heat.shape == (4 * 40, 7)  # layers x bins rows, one column per 5 steps (0..30)
     explorer.set(depth=2)
@@ -167,7 +169,7 @@ def test_explorer_static_fallback_has_a_png(explorer):
     bundle = explorer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     w, h = _png_ok(bundle)
-    assert (w, h) == (928, 512)
+    assert (w, h) == explorer.view.css_size == (840, 470)  # fits an 848-pixel output area
     assert "ActivationExplorer" in bundle["text/plain"]
 
 
@@ -237,9 +239,21 @@ def test_scalers():
     rb = scale_features(X, "robust")
     q1, med, q3 = np.percentile(rb, [25, 50, 75], axis=0)
     assert med == pytest.approx([0, 0], abs=1e-12) and (q3 - q1) == pytest.approx([1, 1])
-    H, g, _ = quadratic(st, X @ [1.0, 2.0])
-    path = gd_path(H, g, 0.1, 1)
-    np.testing.assert_allclose(path[1], 0.1 * g)
+    with pytest.raises(ValueError, match="method must be one of"):
+        scale_features(X, "log")
+
+
+def test_scaling_explorer_runs_the_lessons_gradient_descent():
+    # one home: the widget's paths are experiments.scaling.gradient_descent on the centred
+    # data (the intercept solved exactly), not a copy of it
+    se = ScalingExplorer(lr=0.3, steps=12)
+    try:
+        p = se.problems["standardized"]
+        path, _ = gradient_descent(p["Xc"], p["yc"], 0.3, 12)
+        np.testing.assert_allclose(se.plotted()["standardized"]["path"], path)
+        np.testing.assert_allclose(p["Xc"].mean(0), 0, atol=1e-12)
+    finally:
+        se.close()
 
 
 def test_scaling_explorer_condition_numbers_and_learning_rate():
