@@ -157,8 +157,10 @@ class _Group:
     def key(self) -> tuple:
         # what the group's background depends on, besides what invalidate() reports
         return tuple(
-            (
-                ax.get_visible(),
+            (False,)  # a hidden axes adds nothing; shown again, its key changes
+            if not ax.get_visible()
+            else (
+                True,
                 ax.get_xlim(),
                 ax.get_ylim(),
                 ax.get_xscale(),

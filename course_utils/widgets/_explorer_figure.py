@@ -17,7 +17,9 @@ the titles are fixed or change rarely, so most frames are blitted over a saved b
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
+from matplotlib.transforms import Affine2D, blended_transform_factory, offset_copy
 
 from ._axes import EMA, decades, finite_range, log_axis, nice_ceiling, sqrt_clipped, sticky_ylim
 from ._display import (
@@ -60,6 +62,16 @@ class ExplorerFigure:
             self.ax["heat"] = fig.add_axes((0, 0, 1, 1))
             self.ax["cbar"] = fig.add_axes((0, 0, 1, 1))
             self.ax["acc"] = self.ax["loss"].twinx()
+            # the per-layer panels place layer i at x = (i - 0.4) / (depth + 0.2) of their
+            # width, so a new depth changes a transform, not their limits or ticks, and
+            # their backgrounds need no new render (layer numbers are drawn as animated text)
+            self._layer_x = Affine2D()
+            self._layer_trans = {
+                name: blended_transform_factory(
+                    self._layer_x + self.ax[name].transAxes, self.ax[name].transData
+                )
+                for name in ("pre", "tail", "grad")
+            }
             self._build_static()
         self.view.fit()
         self.layer_artists: list = []
@@ -107,15 +119,28 @@ class ExplorerFigure:
         ax["hist"].yaxis.set_major_locator(FixedLocator([0, 2, 10, 25, 50, 100]))
         ax["hist"].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax["hist"].xaxis.set_major_locator(MaxNLocator(4))
+        # first and last layer's colours: the same at any depth (see layer_colors)
+        first, last = layer_colors(2)
+        ax["hist"].legend(
+            handles=[Line2D([], [], color=first, lw=1.4), Line2D([], [], color=last, lw=1.4)],
+            labels=["layer 1", "last"], loc="upper center", frameon=False, ncols=2,
+            handlelength=1.2, handletextpad=0.4, columnspacing=1.0, borderaxespad=0.1,
+        )  # fmt: skip
+        for name in ("pre", "tail", "grad"):
+            ax[name].set_xlim(0, 1)
+            ax[name].set_xticks([])
 
         ax["pre"].set_xlabel("layer")
         ax["pre"].set_ylabel("mean, std")
         ax["pre"].axhline(1.0, color=GREY, lw=0.8, ls=":")
         ax["pre"].axhline(0.0, color=GREY, lw=0.8)
-        (self._pre_std,) = ax["pre"].plot([], [], "o-", color=OKABE_ITO["blue"], label="std")
-        (self._pre_mean,) = ax["pre"].plot(
-            [], [], "s--", color=OKABE_ITO["orange"], label="mean"
+        (self._pre_std,) = ax["pre"].plot(
+            [], [], "o-", color=OKABE_ITO["blue"], label="std", transform=self._layer_trans["pre"]
         )
+        (self._pre_mean,) = ax["pre"].plot(
+            [], [], "s--", color=OKABE_ITO["orange"], label="mean",
+            transform=self._layer_trans["pre"],
+        )  # fmt: skip
         ax["pre"].legend(loc="upper right", frameon=False, ncols=2, handlelength=1.5)
 
         ax["tail"].set_xlabel("layer")
@@ -123,7 +148,15 @@ class ExplorerFigure:
 
         ax["grad"].set_xlabel("layer")
         ax["grad"].set_ylabel("std of dloss/dout")
-        (self._grad_line,) = ax["grad"].plot([], [], "o-", color=OKABE_ITO["vermillion"])
+        (self._grad_line,) = ax["grad"].plot(
+            [], [], "o-", color=OKABE_ITO["vermillion"], transform=self._layer_trans["grad"]
+        )
+        # the tail panel's label says 'saturated' or 'dead': drawn as a cached text, so a new
+        # activation does not render the panel again
+        self._tail_label = ax["tail"].text(
+            0, 0.5, "", rotation=90, ha="right", va="center",
+            transform=offset_copy(ax["tail"].transAxes, ax["tail"].figure, x=-27, units="points"),
+        )  # fmt: skip
 
         ax["ratio"].set_xlabel("training step")
         ax["ratio"].set_ylabel("std(dW) / std(W)")
@@ -190,7 +223,7 @@ class ExplorerFigure:
                 self._diverged_text,
             ]
         )
-        self.view.animate(self.titles.values(), cache=True)
+        self.view.animate([*self.titles.values(), self._tail_label], cache=True)
 
     # -- structure that depends on depth and activation --------------------------------------
 
@@ -205,41 +238,46 @@ class ExplorerFigure:
         x = np.arange(1, n + 1)
         edges = session.probe.edges.numpy()
         centers = (edges[:-1] + edges[1:]) / 2
+        self._layer_x.clear().translate(-0.4, 0).scale(1 / (n + 0.2), 1)
         with style():
             self._hist_lines = [
                 ax["hist"].plot(
-                    centers, np.zeros_like(centers), color=col, lw=1.4, drawstyle="steps-mid",
-                    label=str(i + 1),
+                    centers, np.zeros_like(centers), color=col, lw=1.4, drawstyle="steps-mid"
                 )[0]
-                for i, col in enumerate(colors)
-            ]  # fmt: skip
-            legend = ax["hist"].legend(
-                loc="upper center",
-                frameon=False,
-                ncols=min(n, 4),
-                handlelength=1.0,
-                handletextpad=0.4,
-                columnspacing=0.8,
-                borderaxespad=0.1,
+                for col in colors
+            ]
+            self._bars = list(
+                ax["tail"].bar(
+                    x, np.zeros(n), color=colors, width=0.7, transform=self._layer_trans["tail"]
+                )
             )
-            self._bars = list(ax["tail"].bar(x, np.zeros(n), color=colors, width=0.7))
+            numbers = [
+                ax[name].text(
+                    i + 1, 0, str(i + 1), color=col, ha="center", va="top", fontsize=10,
+                    transform=blended_transform_factory(
+                        self._layer_x + ax[name].transAxes,
+                        offset_copy(ax[name].transAxes, ax[name].figure, y=-4, units="points"),
+                    ),
+                )  # fmt: skip
+                for name in ("pre", "tail", "grad")
+                for i, col in enumerate(colors)
+            ]
             self._ratio_lines = [
                 ax["ratio"].plot([], [], color=col, lw=1.0)[0]
                 for col in [*colors, OKABE_ITO["black"]]
             ]
             seps = [ax["heat"].axhline(k, color="white", lw=0.8) for k in range(1, n)]
         self.view.animate([*self._hist_lines, *self._bars, *self._ratio_lines])
-        self.layer_artists = [*self._hist_lines, legend, *self._bars, *self._ratio_lines, *seps]
+        self.view.animate(numbers, cache=True)
+        self.layer_artists = [*self._hist_lines, *self._bars, *self._ratio_lines, *seps, *numbers]
         ax["hist"].set_xlim(edges[0], edges[-1])
-        for name in ("pre", "tail", "grad"):
-            ax[name].set_xlim(0.4, n + 0.6)
-            ax[name].set_xticks(x)
         ax["heat"].set_yticks(np.arange(n) + 0.5, [str(i + 1) for i in range(n)][::-1])
         ax["heat"].set_ylim(0, n)
         ax["heat"].set_ylabel(f"layer (values {edges[0]:g} to {edges[-1]:g} upwards)")
         self.tail_key = "dead" if activation == "relu" else "saturated"
-        ax["tail"].set_ylabel("dead %" if self.tail_key == "dead" else "saturated %")
-        self.view.invalidate(ax["hist"], ax["pre"], ax["tail"], ax["grad"], ax["heat"])
+        self._tail_label.set_text("dead %" if self.tail_key == "dead" else "saturated %")
+        if heat_view:  # its ticks changed; hidden, it is rendered when shown again
+            self.view.invalidate(ax["heat"])
         self.set_heat_view(heat_view)
 
     def set_heat_view(self, heat: bool) -> None:
