@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from course_utils.experiments.scaling import gradient_descent
 from course_utils.widgets import ActivationExplorer, NormalizationPlayground, ScalingExplorer
 from course_utils.widgets.playground import normalize, sample_tensor, stat_groups
-from course_utils.experiments.scaling import gradient_descent
 from course_utils.widgets.scaling import scale_features
 
 

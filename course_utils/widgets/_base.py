@@ -23,7 +23,15 @@ import ipywidgets as W
 
 from ._display import mimebundle
 
-__all__ = ["CourseWidget", "ChoiceSlider", "choice_slider", "int_slider", "dropdown", "toggle", "row"]
+__all__ = [
+    "CourseWidget",
+    "ChoiceSlider",
+    "choice_slider",
+    "int_slider",
+    "dropdown",
+    "toggle",
+    "row",
+]
 
 _LABEL = {"description_width": "initial"}
 

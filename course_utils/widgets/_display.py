@@ -184,9 +184,7 @@ class _Layer:
         self.sprites: dict[int, tuple] = {}
 
 
-def _regions(
-    groups: list[_Group], width: float, height: float, scale: float
-) -> dict[int, Bbox]:
+def _regions(groups: list[_Group], width: float, height: float, scale: float) -> dict[int, Bbox]:
     """Split the figure into one rectangle per group (display pixels), each holding its
     axes and the margins its labels use: the gap between two columns goes to the right one
     (its y labels) but for a strip of ``_OVERHANG`` pixels (the left one's last x tick
@@ -238,9 +236,7 @@ class FigureView:
     min_width = 480
     live_scale = 1.0  # pixels per CSS pixel of frames while training
 
-    def __init__(
-        self, layout: Callable[[int], int], width: int = 840, max_width: int = 1100
-    ):
+    def __init__(self, layout: Callable[[int], int], width: int = 840, max_width: int = 1100):
         self.figure = Figure(dpi=CSS_DPI, facecolor="white", edgecolor="white")
         FigureCanvasAgg(self.figure)
         self._layout = layout

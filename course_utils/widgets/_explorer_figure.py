@@ -253,7 +253,13 @@ class ExplorerFigure:
             )
             numbers = [
                 ax[name].text(
-                    i + 1, 0, str(i + 1), color=col, ha="center", va="top", fontsize=10,
+                    i + 1,
+                    0,
+                    str(i + 1),
+                    color=col,
+                    ha="center",
+                    va="top",
+                    fontsize=10,
                     transform=blended_transform_factory(
                         self._layer_x + ax[name].transAxes,
                         offset_copy(ax[name].transAxes, ax[name].figure, y=-4, units="points"),

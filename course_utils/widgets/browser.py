@@ -234,7 +234,9 @@ _LAYOUT = """
   const inner = r.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
   const canvas = o.querySelector('canvas.course-frame-canvas');
   const c = canvas.getBoundingClientRect();
-  const controls = [...o.querySelectorAll('.widget-inline-hbox, .widget-button, .widget-toggle-buttons, .widget-checkbox, .widget-html, .widget-hprogress')]
+  const kinds = ['.widget-inline-hbox', '.widget-button', '.widget-toggle-buttons',
+                 '.widget-checkbox', '.widget-html', '.widget-hprogress'];
+  const controls = [...o.querySelectorAll(kinds.join(', '))]
     .map(e => e.getBoundingClientRect()).filter(b => b.width > 0);
   const first = Math.min(...controls.map(b => b.top));
   return {

@@ -131,7 +131,9 @@ class ActivationExplorer(CourseWidget):
         self.buttons["pause"].on_click(lambda _: self.pause())
         self.buttons["reset"].on_click(lambda _: self.reset())
         self.buttons["step"].on_click(lambda _: self.step(self.steps_per_update))
-        self.progress = W.IntProgress(value=0, min=0, max=self.max_steps, layout=W.Layout(width="160px"))  # fmt: skip
+        self.progress = W.IntProgress(
+            value=0, min=0, max=self.max_steps, layout=W.Layout(width="160px")
+        )
         self.status = W.HTML(layout=W.Layout(margin="0 0 0 4px"))
         self.figure = ExplorerFigure()
         self.view = self.figure.view
@@ -275,7 +277,7 @@ class ActivationExplorer(CourseWidget):
         norm = "no normalization" if c.norm == "none" else f"{c.norm} norm {c.placement} it"
         text = (
             f"step <b>{s.step}</b> / {self.max_steps} &middot; {c.activation}, {norm}, "
-            f"{c.depth}&times;{c.width}, init scale {c.init_scale:.2f}, lr {c.lr:.3g}, "
+            f"{c.depth}&times;{c.width}, init scale {c.init_scale:g}, lr {c.lr:.3g}, "
             f"batch {c.batch_size}"
         )
         if rate > 0:
