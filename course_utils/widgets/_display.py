@@ -214,7 +214,7 @@ def _regions(groups: list[_Group], width: float, height: float, scale: float) ->
     return out
 
 
-_OVERHANG = 18  # display pixels at scale 1
+_OVERHANG = 22  # display pixels at scale 1
 
 
 class FigureView:
@@ -233,7 +233,7 @@ class FigureView:
             groups' backgrounds (for tests and benchmarks).
     """
 
-    min_width = 480
+    min_width = 640
     live_scale = 1.0  # pixels per CSS pixel of frames while training
 
     def __init__(self, layout: Callable[[int], int], width: int = 840, max_width: int = 1100):

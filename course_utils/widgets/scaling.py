@@ -163,7 +163,7 @@ class ScalingExplorer(CourseWidget):
 
     def _layout(self, width: int) -> int:
         """Four columns (one per scaling) of square panels: data on top, loss below."""
-        left, right, wgap, top, bottom, hgap = 58, 12, 74, 44, 46, 84
+        left, right, wgap, top, bottom, hgap = 58, 16, 78, 44, 46, 84
         side = int((width - left - right - 3 * wgap) / 4)
         height = top + bottom + hgap + 2 * side
         cells = grid_positions(
