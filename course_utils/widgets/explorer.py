@@ -110,7 +110,7 @@ class ActivationExplorer(CourseWidget):
             "placement": dropdown("placed", _PLACEMENTS, placement, "215px"),
             "activation": dropdown("activation", _ACTIVATIONS, activation, "160px"),
             "view": toggle(
-                ["histograms", "over time"], view, "88px",
+                ["histograms", "over time"], view, "100px",
                 ["latest histogram per layer", "histograms over training (heat map)"],
             ),
             "depth": int_slider("depth", depth, 1, 8),
@@ -125,8 +125,8 @@ class ActivationExplorer(CourseWidget):
             "reset": W.Button(description="reset", icon="refresh"),
             "step": W.Button(description=f"+{self.steps_per_update} steps", icon="step-forward"),
         }
-        for b in self.buttons.values():
-            b.layout = W.Layout(width="100px")
+        for name, b in self.buttons.items():  # wide enough for their labels at 13 px
+            b.layout = W.Layout(width="118px" if name == "step" else "100px")
         self.buttons["train"].on_click(lambda _: self.train())
         self.buttons["pause"].on_click(lambda _: self.pause())
         self.buttons["reset"].on_click(lambda _: self.reset())
