@@ -15,7 +15,8 @@ _PACKAGES = (
     ("numpy", "2.4.6", "the reference implementations"),
     ("matplotlib", "3.11.2", "all figures"),
     ("ipywidgets", "8.1.9", "the live widgets' controls"),
-    ("ipympl", "0.10.0", "the live widgets' interactive figures (%matplotlib widget)"),
+    ("anywidget", "0.11.0", "the live widgets' figures (the canvas that fits the page)"),
+    ("ipympl", "0.10.0", "interactive figures in your own cells (%matplotlib widget)"),
 )
 
 

@@ -1,51 +1,66 @@
-"""The ActivationExplorer in a real browser: JupyterLab + headless Chromium (Playwright).
+"""The widgets in a real browser: JupyterLab + headless Chromium (Playwright).
 
-Starts JupyterLab on a free loopback port with a token, in a temporary copy of a notebook
-that shows an ActivationExplorer, runs all cells, clicks *train*, moves a slider while it
-trains, and checks from the DOM and from screenshots that the plot changes and that no
-cell shows an error. Screenshots go to ``test-artifacts/browser/``.
+Two tests, on a JupyterLab server on a free loopback port (``course_utils.widgets.browser``
+starts it and measures in the page):
 
-By default it opens the learner's lesson 02, which uses the explorer. Point it at other
-notebooks (for example the small ``tests/fixtures/explorer_demo.ipynb``) with
-``COURSE_BROWSER_NOTEBOOKS=path`` (several, separated by ``os.pathsep``); each notebook must
-display an ActivationExplorer.
+- ``test_widgets_fit_and_answer`` opens ``tests/fixtures/widgets_demo.ipynb`` (the three
+  widgets with the arguments lessons 02, 06 and 01 use) in a 1280 x 800 window with the
+  file browser open, at device pixel ratio 1 and 2, and checks that every widget fits its
+  output area (no horizontal scrolling, the explorer's accuracy axis on screen, the
+  explorer's controls and plots within 660 px of height), that idle frames are rendered at
+  the screen's resolution and training frames at one pixel per CSS pixel, measures the felt
+  latency of every control (control change in the page to the changed canvas frame) and
+  the frames per second while training, and checks the console (no 'capture_scroll' or
+  other 'No handler' message, no error).
+- ``test_explorer_trains_and_reacts_in_jupyterlab`` opens a lesson (default: 02) and
+  trains, moves a slider while training and pauses.
+
+What is asserted about time, and why: the targets (median under 100 ms per control at
+device pixel ratio 1, under 150 ms at ratio 2, 20 frames/s while training) hold on a quiet
+machine, but CI shares 2 cores with other jobs, where the same code measured 2-4 times
+slower. So by default the test asserts 3x the targets (300 ms, 450 ms, 7 frames/s): that
+still fails on a regression like the old full-figure redraw at ratio 2 (270-370 ms on a
+quiet machine), and it prints every measurement. ``COURSE_BROWSER_STRICT=1`` asserts the
+targets themselves (run it on a quiet machine); ``python -m course_utils.widgets.bench
+--browser`` measures them with more repetitions for docs/benchmarks.md.
+Screenshots and the measurements go to ``test-artifacts/browser/``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from course_utils.widgets.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Lab,
+    Probe,
+    open_page,
+    run_notebook,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
+DEMO = ROOT / "tests" / "fixtures" / "widgets_demo.ipynb"
 DEFAULT_NOTEBOOK = ROOT / "lessons" / "02_activations_and_covariate_shift.ipynb"
 NOTEBOOKS = [
     Path(p) if Path(p).is_absolute() else ROOT / p
     for p in os.environ.get("COURSE_BROWSER_NOTEBOOKS", str(DEFAULT_NOTEBOOK)).split(os.pathsep)
     if p
 ]
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+STRICT = os.environ.get("COURSE_BROWSER_STRICT") == "1"
+# targets (median ms per control at ratio 1 and 2, frames/s); CI asserts 3x (see above)
+TARGET_MS = {1: 100.0, 2: 150.0}
+TARGET_FPS = 20.0
+SLACK = 1.0 if STRICT else 3.0
 
 pytestmark = [
     pytest.mark.browser,
@@ -55,124 +70,36 @@ pytestmark = [
     ),
 ]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 2.0) -> int:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
-        return r.status
-
-
-class Lab:
-    """A JupyterLab server in ``root``, shut down (with its kernels) by :meth:`stop`."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.token = secrets.token_hex(16)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.runtime = root / ".runtime"
-        env = dict(os.environ)
-        env.update(
-            JUPYTER_RUNTIME_DIR=str(self.runtime),
-            JUPYTER_CONFIG_DIR=str(root / ".config"),
-            # the widgets' Python code, whichever directory the server starts in
-            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-        )
-        args = [
-            sys.executable, "-m", "jupyterlab", "--no-browser",
-            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
-            "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-            f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
-            f"--LabApp.user_settings_dir={root / '.settings'}",
-            f"--LabApp.workspaces_dir={root / '.workspaces'}",
-            "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            "--LabApp.extension_manager=readonly", "--ServerApp.terminals_enabled=False",
-        ]  # fmt: skip
-        if os.geteuid() == 0:  # CI containers run as root
-            args.append("--allow-root")
-        # no news feed, update check or toasts: nothing reaches out, nothing covers the page
-        settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
-        settings.mkdir(parents=True)
-        (settings / "notification.jupyterlab-settings").write_text(
-            '{"fetchNews": "false", "checkForUpdates": false, "doNotDisturbMode": true}'
-        )
-        self.log = open(root / "lab.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            args,
-            cwd=root,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited early:\n{self.tail()}")
-            try:
-                if _get(f"{self.url}/api/status?token={self.token}") == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"JupyterLab did not answer in {timeout} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        self.log.flush()
-        return (self.root / "lab.log").read_text(errors="replace")[-3000:]
-
-    def _kernel_pids(self) -> list[int]:
-        # kernels run in their own sessions: find ours by the connection file in our runtime dir
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    cmd = (proc / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if str(self.runtime).encode() in cmd:
-                    pids.append(int(proc.name))
-        return pids
-
-    def stop(self) -> None:
-        """Shut the server and its kernels down: politely, then by signal, by process id."""
-        kernels = self._kernel_pids()
-        try:
-            req = urllib.request.Request(
-                f"{self.url}/api/shutdown",
-                method="POST",
-                headers={"Authorization": f"token {self.token}"},
-            )
-            urllib.request.urlopen(req, timeout=5)  # noqa: S310 - loopback only
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        for pid in kernels + self._kernel_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.log.close()
+# every control of each widget: (widget marker, kind, label)
+EXPLORER, PLAYGROUND, SCALING = "+10 steps", "groups G", "add outliers"
+CONTROLS = [
+    (EXPLORER, "dropdown", "normalization"),
+    (EXPLORER, "dropdown", "placed"),
+    (EXPLORER, "dropdown", "activation"),
+    (EXPLORER, "toggle", ""),
+    (EXPLORER, "slider", "depth"),
+    (EXPLORER, "slider", "width"),
+    (EXPLORER, "slider", "init scale"),
+    (EXPLORER, "slider", "learning rate"),
+    (EXPLORER, "slider", "batch size"),
+    (EXPLORER, "button", "reset"),
+    (EXPLORER, "button", "+10 steps"),
+    (PLAYGROUND, "dropdown", "groups G"),
+    (PLAYGROUND, "toggle", ""),
+    (PLAYGROUND, "dropdown", "tensor"),
+    (PLAYGROUND, "slider", "sample n"),
+    (PLAYGROUND, "slider", "channel c"),
+    (SCALING, "slider", "learning rate"),
+    (SCALING, "slider", "steps"),
+    (SCALING, "toggle", ""),
+    (SCALING, "checkbox", "add outliers"),
+]
+CHANGES_PER_CONTROL = int(os.environ.get("COURSE_BROWSER_CHANGES", "4"))
 
 
-@pytest.fixture
-def lab(tmp_path):
-    server = Lab(tmp_path)
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    server = Lab(tmp_path_factory.mktemp("lab"), ROOT)
     try:
         server.wait_ready()
         yield server
@@ -209,7 +136,7 @@ def test_explorer_trains_and_reacts_in_jupyterlab(lab, notebook, tmp_path):
             executable_path=str(CHROMIUM),
             headless=True,
             args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000},
+            viewport={"width": 1280, "height": 800},
         )
         try:
             page = ctx.new_page()
@@ -231,7 +158,7 @@ def test_explorer_trains_and_reacts_in_jupyterlab(lab, notebook, tmp_path):
                 has=page.locator("button", has_text="train")
             ).first  # fmt: skip
             expect(explorer).to_be_visible(timeout=60_000)
-            canvas = explorer.locator("canvas").first
+            canvas = explorer.locator("canvas.course-frame-canvas").first
             expect(canvas).to_be_visible(timeout=30_000)
             status = explorer.locator(".widget-html-content").filter(has_text="step").first
             expect(status).to_contain_text("step", timeout=30_000)
@@ -244,6 +171,7 @@ def test_explorer_trains_and_reacts_in_jupyterlab(lab, notebook, tmp_path):
             )
             timings["cells ran"] = time.monotonic() - t0
             page.wait_for_timeout(1000)  # the first frame
+            canvas.scroll_into_view_if_needed()
             before = canvas.screenshot(path=str(out / "1_initial.png"))
 
             # train: the step counter runs and the plot changes while it trains
@@ -300,3 +228,101 @@ def test_explorer_trains_and_reacts_in_jupyterlab(lab, notebook, tmp_path):
             assert "Error displaying widget" not in body and "Traceback" not in body
         finally:
             ctx.close()
+
+
+def _ink(png: bytes) -> float:
+    """Share of dark pixels (text, lines) in a screenshot."""
+    return float(np.mean(_image(png).max(axis=-1) < 128))
+
+
+@pytest.mark.parametrize("ratio", [1, 2], ids=["dpr1", "dpr2"])
+def test_widgets_fit_and_answer(lab, ratio, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    shutil.copy(DEMO, lab.root / DEMO.name)
+    out = ARTIFACTS / f"widgets_dpr{ratio}"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    report: dict = {"ratio": ratio, "window": [1280, 800], "layout": {}, "latency_ms": {}}
+    with sync_playwright() as pw:
+        ctx, page, console = open_page(pw, tmp_path / "profile", ratio)
+        try:
+            run_notebook(page, lab, DEMO.name)
+            report["notebook_ran_s"] = round(time.monotonic() - t0, 1)
+            probes = {m: Probe(page, m) for m in (EXPLORER, PLAYGROUND, SCALING)}
+            for probe in probes.values():
+                page.wait_for_function(
+                    "m => [...document.querySelectorAll('.jp-OutputArea-output')].some(o =>"
+                    " o.textContent.includes(m) && o.querySelector('canvas.course-frame-canvas'))",
+                    arg=probe.marker, timeout=30_000,
+                )  # fmt: skip
+                probe.settle()
+
+            # layout: every widget inside its output area, at the screen's resolution
+            for marker, probe in probes.items():
+                geo = probe.layout()
+                report["layout"][marker] = geo
+                name = marker.replace(" ", "_").replace("+", "")
+                page.screenshot(path=str(out / f"{name}.png"))
+                assert geo["scroll_width"] <= geo["client_width"], (marker, geo)
+                assert geo["canvas_left"] >= geo["output_left"] - 0.5, (marker, geo)
+                assert geo["canvas_right"] <= geo["output_right"] + 0.5, (marker, geo)
+                assert geo["controls_right"] <= geo["output_right"] + 0.5, (marker, geo)
+                assert geo["canvas_width"] >= 0.95 * geo["output_width"], (marker, geo)
+                assert abs(geo["canvas_pixels"][0] - ratio * geo["canvas_width"]) <= ratio
+            explorer = report["layout"][EXPLORER]
+            assert explorer["widget_height"] <= 660, explorer  # controls and plots together
+            # the accuracy axis (ticks and label right of the loss plot) is on screen
+            right = {
+                "x": explorer["canvas_right"] - 48, "y": 0, "width": 46, "height": 800,
+            }  # fmt: skip
+            probes[EXPLORER].layout()  # scrolls it into view
+            box = page.locator(".jp-OutputArea-output", has_text=EXPLORER).locator(
+                "canvas.course-frame-canvas"
+            ).bounding_box()  # fmt: skip
+            right.update(y=box["y"] + box["height"] / 2, height=box["height"] / 2 - 30)
+            assert _ink(page.screenshot(clip=right)) > 0.01, "accuracy axis not drawn"
+
+            # felt latency of every control
+            for marker, kind, label in CONTROLS:
+                ms = probes[marker].latency(kind, label, CHANGES_PER_CONTROL)
+                report["latency_ms"][f"{marker} / {kind} {label}".strip()] = ms.tolist()
+            # frames while training, at one pixel per CSS pixel; full resolution after
+            probe = probes[EXPLORER]
+            probe.settle()
+            probe.change("button", "train")
+            page.wait_for_timeout(600)
+            training = probe.layout()
+            probe.change("button", "pause")
+            probe.settle()
+            report["fps"] = probe.frames_per_second(4.0)
+            after = probe.layout()
+            page.screenshot(path=str(out / "after_training.png"))
+        finally:
+            ctx.close()
+    report["console"] = console
+    report["seconds"] = round(time.monotonic() - t0, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    summary = {
+        k: (round(float(np.nanmedian(v))), round(float(np.nanmax(v))))
+        for k, v in report["latency_ms"].items()
+    }
+    print(f"DPR {ratio}: median, max ms per control:", json.dumps(summary, indent=0))
+    print(f"DPR {ratio}: {report['fps']:.1f} frames/s while training; {report['seconds']} s")
+
+    assert training["canvas_pixels"][0] == pytest.approx(training["canvas_width"], abs=1)
+    assert after["canvas_pixels"][0] == pytest.approx(ratio * after["canvas_width"], abs=ratio)
+    for key, values in report["latency_ms"].items():
+        assert not np.isnan(values).any(), f"{key}: a change drew no new frame in 10 s"
+    bound = SLACK * TARGET_MS[ratio]
+    slow = {k: v for k, v in summary.items() if k.split(" / ")[0] != SCALING and v[0] > bound}
+    assert not slow, f"median felt latency over {bound:.0f} ms: {slow}"
+    assert report["fps"] >= TARGET_FPS / SLACK, report["fps"]
+    # nothing from the widgets in the console: ipympl's 'No handler for the
+    # 'capture_scroll' message type' was logged for every figure before
+    widget_noise = [
+        m for m in console
+        if any(w in m for w in ("capture_scroll", "No handler", "anywidget", "course-frame"))
+    ]  # fmt: skip
+    errors = [m for m in console if m.startswith(("error", "pageerror"))]
+    assert not widget_noise and not errors, console

@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from course_utils.experiments.scaling import gradient_descent
 from course_utils.widgets import ActivationExplorer, NormalizationPlayground, ScalingExplorer
 from course_utils.widgets.playground import normalize, sample_tensor, stat_groups
-from course_utils.widgets.scaling import gd_path, quadratic, scale_features
+from course_utils.widgets.scaling import scale_features
 
 
 @pytest.fixture
@@ -87,7 +88,8 @@ def test_relu_shows_dead_units_and_divergence_stops_training(explorer):
 def test_over_time_view_shows_layer_by_step_heatmap(explorer):
     explorer.step(30)
     explorer.set(view="over time")
-    assert explorer.ax_heat.get_visible() and not explorer.ax_hist.get_visible()
+    ax = explorer.figure.ax
+    assert ax["heat"].get_visible() and not ax["hist"].get_visible()
     heat = explorer.plotted()["heatmap"]
     assert heat.shape == (4 * 40, 7)  # layers x bins rows, one column per 5 steps (0..30)
     explorer.set(depth=2)
@@ -167,7 +169,7 @@ def test_explorer_static_fallback_has_a_png(explorer):
     bundle = explorer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     w, h = _png_ok(bundle)
-    assert (w, h) == (928, 512)
+    assert (w, h) == explorer.view.css_size == (840, 470)  # fits an 848-pixel output area
     assert "ActivationExplorer" in bundle["text/plain"]
 
 
@@ -237,9 +239,21 @@ def test_scalers():
     rb = scale_features(X, "robust")
     q1, med, q3 = np.percentile(rb, [25, 50, 75], axis=0)
     assert med == pytest.approx([0, 0], abs=1e-12) and (q3 - q1) == pytest.approx([1, 1])
-    H, g, _ = quadratic(st, X @ [1.0, 2.0])
-    path = gd_path(H, g, 0.1, 1)
-    np.testing.assert_allclose(path[1], 0.1 * g)
+    with pytest.raises(ValueError, match="method must be one of"):
+        scale_features(X, "log")
+
+
+def test_scaling_explorer_runs_the_lessons_gradient_descent():
+    # one home: the widget's paths are experiments.scaling.gradient_descent on the centred
+    # data (the intercept solved exactly), not a copy of it
+    se = ScalingExplorer(lr=0.3, steps=12)
+    try:
+        p = se.problems["standardized"]
+        path, _ = gradient_descent(p["Xc"], p["yc"], 0.3, 12)
+        np.testing.assert_allclose(se.plotted()["standardized"]["path"], path)
+        np.testing.assert_allclose(p["Xc"].mean(0), 0, atol=1e-12)
+    finally:
+        se.close()
 
 
 def test_scaling_explorer_condition_numbers_and_learning_rate():
@@ -275,3 +289,140 @@ def test_widgets_do_not_use_pyplot():
         w = cls()
         w.close()
     assert plt.get_fignums() == before
+
+
+# -- fitting the page, and what a redraw renders ------------------------------------------
+
+
+def _live(widget, ratio: float = 1.0, room: int = 0):
+    """Pretend a page shows the widget: frames are rendered (and sent nowhere)."""
+    canvas = widget.view.widget
+    canvas.live = True
+    canvas.ratio = ratio
+    sent = []
+    canvas.show_frame = lambda png, css: sent.append((png, css))
+    if room:
+        canvas.room = room
+    widget.view.redraw(full=True)
+    return sent
+
+
+@pytest.mark.parametrize("cls", [ActivationExplorer, NormalizationPlayground, ScalingExplorer])
+@pytest.mark.parametrize("room", [600, 700, 848, 1300])
+def test_figures_fit_the_room_the_page_reports(cls, room):
+    w = cls()
+    try:
+        sent = _live(w, room=room)
+        width, height = w.view.css_size
+        assert width == min(max(room - 2, 640), 1100)  # fits down to 640 px, at most 1100
+        assert sent[-1][1] == (width, height) and w.view.widget.size == (width, height)
+        fig = w.view.figure
+        renderer = fig.canvas.get_renderer()
+        texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_fontsize")) if t.get_visible()]
+        texts = [
+            t for t in texts if t.get_text().strip() and (t.axes is None or t.axes.get_visible())
+        ]
+        assert min(t.get_fontsize() for t in texts) >= 10  # points (CSS points at 96 dpi)
+        for ax in fig.axes:  # nothing cut off at the figure's edges: ticks, labels, titles
+            if ax.get_visible():
+                box = ax.get_tightbbox(renderer)
+                assert box.x0 >= -1 and box.x1 <= fig.bbox.x1 + 1, (ax.get_title(), box)
+                assert box.y0 >= -1 and box.y1 <= fig.bbox.y1 + 1, (ax.get_title(), box)
+        assert w.view.spills() == []  # each group's pixels stay in its region
+    finally:
+        w.close()
+
+
+def test_explorer_fits_650_px_with_its_controls():
+    ex = ActivationExplorer()
+    try:
+        _live(ex, room=848)
+        assert ex.view.css_size[1] <= 480  # + ~150 px of controls: about 630 px in all
+    finally:
+        ex.close()
+
+
+def test_control_changes_render_only_what_changed(explorer):
+    _live(explorer)
+    view = explorer.view
+    full, partial = view.full_draws, view.partial_draws
+    for key, value in [("norm", "batch"), ("lr", 0.2), ("width", 64), ("depth", 6),
+                       ("depth", 4), ("init_scale", 2.0), ("batch_size", 32)]:  # fmt: skip
+        explorer.controls[key].value = value
+    assert view.full_draws == full  # never the whole figure
+    explorer.controls["activation"].value = "relu"  # a new histogram range: that panel
+    assert view.full_draws == full and view.partial_draws <= partial + 3
+    pg = NormalizationPlayground()
+    try:
+        _live(pg)
+        full, partial = pg.view.full_draws, pg.view.partial_draws
+        for kind in ["layer", "instance", "group", "batch"]:
+            pg.controls["kind"].value = kind  # the kind toggle renders the bar chart's axes
+        assert pg.view.full_draws == full and pg.view.partial_draws == partial + 4
+        pg.controls["channel"].value = 3  # the entry: no axes at all
+        assert pg.view.partial_draws == partial + 4
+    finally:
+        pg.close()
+
+
+@pytest.mark.parametrize("cls, changes", [
+    (NormalizationPlayground, [("kind", "layer"), ("source", "images"), ("kind", "group")]),
+    (ScalingExplorer, [("lr", 1e-3), ("outliers", True), ("lr_mode", "tuned")]),
+    (ActivationExplorer, [("activation", "relu"), ("depth", 6), ("view", "over time")]),
+])  # fmt: skip
+def test_partly_rendered_frame_equals_a_full_render(cls, changes):
+    w = cls()
+    try:
+        _live(w)
+        for key, value in changes:
+            w.set(**{key: value})
+        view = w.view
+        view.render(scale=1.0)
+        partial = np.asarray(view.figure.canvas.buffer_rgba()).copy()
+        view.render(full=True, scale=1.0)
+        full = np.asarray(view.figure.canvas.buffer_rgba())
+        assert np.mean(np.any(partial != full, axis=-1)) < 1e-3
+    finally:
+        w.close()
+
+
+def test_live_frames_are_low_resolution_and_skipped_when_the_page_lags(explorer):
+    sent = _live(explorer, ratio=2.0)
+    canvas, view = explorer.view.widget, explorer.view
+    width, height = view.css_size
+    assert view.figure.canvas.get_renderer().width == 2 * width  # idle: the screen's pixels
+    explorer.session.train(10)
+    explorer._refresh(evaluate=False, live=True)
+    assert view.figure.canvas.get_renderer().width == width  # training: 1 px per CSS px
+    n = len(sent)
+    canvas.frames_sent, canvas.frames_drawn = 10, 8  # the page is two frames behind
+    explorer._refresh(evaluate=False, live=True)
+    assert len(sent) == n and view.frames_skipped == 1
+    canvas._handle_message(canvas, {"type": "drawn", "seq": 10}, [])
+    explorer._refresh(evaluate=False, live=True)
+    assert len(sent) == n + 1
+    explorer._refresh()  # after training: full resolution again
+    assert view.figure.canvas.get_renderer().width == 2 * width
+    png = Image.open(io.BytesIO(sent[-1][0]))
+    assert png.size == (2 * width, 2 * height) and sent[-1][1] == (width, height)
+
+
+def test_sliders_reach_every_useful_value(explorer):
+    from course_utils.widgets.explorer import _INIT_SCALES, _LRS
+
+    values = [v for _, v in explorer.controls["init_scale"].options]
+    assert set(_INIT_SCALES) <= set(values) and len(values) == len(_INIT_SCALES)
+    assert [v for _, v in explorer.controls["lr"].options] == sorted(_LRS)
+    explorer.set(init_scale=0.37, lr=10**0.5)  # any value from Python stays exact
+    assert explorer.config.init_scale == 0.37 and explorer.config.lr == 10**0.5
+    with pytest.raises(KeyError, match="unknown controls"):
+        explorer.set(momentum=0.9)
+
+
+def test_canvas_says_hello_and_gets_a_frame(explorer):
+    canvas = explorer.view.widget
+    sent = []
+    canvas.show_frame = lambda png, css: sent.append(css)
+    assert not explorer.view.live
+    canvas._handle_message(canvas, {"type": "hello"}, [])  # a page shows the widget
+    assert explorer.view.live and len(sent) == 1

@@ -14,6 +14,11 @@ Three figures (targets in brackets):
    explorer's settings, measured in interleaved blocks so that load from other processes
    hits both sides alike.
 
+``--browser`` adds what a learner feels: in JupyterLab and headless Chromium (1280 x 800,
+file browser open) at device pixel ratio 1 and 2, the time from each control change to
+the changed canvas frame (median and p95 per control; targets: median < 100 ms at ratio
+1, < 150 ms at ratio 2) and the frames per second while the explorer trains (>= 20).
+
 Numbers on a shared machine are noisy: the script repeats and reports medians, and next
 to each wall-clock figure the same measured in this process' CPU time, which other
 processes' load does not inflate (the kernel is single-threaded: torch runs one thread).
@@ -39,7 +44,7 @@ __all__ = ["control_latency", "updates_per_second", "probe_overhead", "main"]
 
 # a learner's session: mostly sliders and menus that keep the layout, some that change it
 _CHANGES = [
-    ("init_scale", 2.0), ("lr", 0.3), ("norm", "batch"), ("batch_size", 32), ("placement", "after"),
+    ("init_scale", 2.0), ("lr", 0.2), ("norm", "batch"), ("batch_size", 32), ("placement", "after"),
     ("norm", "layer"), ("init_scale", 0.5), ("lr", 0.05), ("width", 64), ("depth", 6),
     ("norm", "none"), ("activation", "relu"), ("batch_size", 128), ("placement", "before"),
     ("init_scale", 1.0), ("width", 100), ("lr", 0.1), ("activation", "tanh"), ("depth", 4),
@@ -48,8 +53,9 @@ _CHANGES = [
 
 
 def _pretend_live(view) -> None:
-    """Make a FigureView render as if JupyterLab showed it (ipympl's 'initialized')."""
-    view.widget.syncing_data_url = False
+    """Make a FigureView render and encode frames as if a page showed it (it said hello);
+    without a kernel the frames go nowhere."""
+    view.widget.live = True
 
 
 def control_latency(rounds: int = 2) -> dict[str, float]:
@@ -176,6 +182,79 @@ def probe_overhead(blocks: int = 30, steps: int = 20) -> dict[str, float]:
     return out
 
 
+def felt_latency(ratio: float, changes: int = 10, fps_seconds: float = 6.0) -> dict:
+    """The browser's view (see :mod:`course_utils.widgets.browser`): JupyterLab in headless
+    Chromium at 1280 x 800 and device pixel ratio ``ratio`` runs the widgets' demo notebook;
+    every control of the three widgets is changed ``changes`` times (back and forth), each
+    timed in the page from the change to the changed canvas frame. Returns
+    ``{"latency_ms": {control: [ms, ...]}, "fps": frames/s while training, "layout": ...}``.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    from .browser import Lab, Probe, open_page, run_notebook
+
+    root = Path(__file__).resolve().parents[2]
+    demo = root / "tests" / "fixtures" / "widgets_demo.ipynb"
+    controls = [
+        ("+10 steps", "dropdown", "normalization"), ("+10 steps", "dropdown", "placed"),
+        ("+10 steps", "dropdown", "activation"), ("+10 steps", "toggle", ""),
+        ("+10 steps", "slider", "depth"), ("+10 steps", "slider", "width"),
+        ("+10 steps", "slider", "init scale"), ("+10 steps", "slider", "learning rate"),
+        ("+10 steps", "slider", "batch size"), ("+10 steps", "button", "reset"),
+        ("groups G", "toggle", ""), ("groups G", "dropdown", "groups G"),
+        ("groups G", "dropdown", "tensor"), ("groups G", "slider", "sample n"),
+        ("groups G", "slider", "channel c"), ("add outliers", "slider", "learning rate"),
+        ("add outliers", "slider", "steps"), ("add outliers", "toggle", ""),
+        ("add outliers", "checkbox", "add outliers"),
+    ]  # fmt: skip
+    names = {"+10 steps": "explorer", "groups G": "playground", "add outliers": "scaling"}
+    with tempfile.TemporaryDirectory() as tmp:
+        lab = Lab(Path(tmp), root)
+        try:
+            lab.wait_ready()
+            shutil.copy(demo, Path(tmp) / demo.name)
+            with sync_playwright() as pw:
+                ctx, page, console = open_page(pw, Path(tmp) / "profile", ratio)
+                try:
+                    run_notebook(page, lab, demo.name)
+                    page.wait_for_timeout(2000)
+                    out = {"latency_ms": {}, "layout": {}}
+                    for marker, name in names.items():
+                        out["layout"][name] = Probe(page, marker).layout()
+                    for marker, kind, label in controls:
+                        ms = Probe(page, marker).latency(kind, label, changes)
+                        key = f"{names[marker]}: {label or kind}"
+                        out["latency_ms"][key] = ms.tolist()
+                    out["fps"] = Probe(page, "+10 steps").frames_per_second(fps_seconds)
+                    out["console"] = console
+                finally:
+                    ctx.close()
+        finally:
+            lab.stop()
+    return out
+
+
+def felt_markdown(results: dict[float, dict]) -> str:
+    """Felt latency per control (median / p95 ms) at each device pixel ratio, and frames/s
+    while training, as a Markdown table."""
+    ratios = sorted(results)
+    head = " | ".join(f"DPR {r:g}: median / p95" for r in ratios)
+    lines = [f"| control | {head} |", "| --- |" + " --- |" * len(ratios)]
+    for key in results[ratios[0]]["latency_ms"]:
+        cells = []
+        for r in ratios:
+            v = np.asarray(results[r]["latency_ms"][key], dtype=float)
+            cells.append(f"{np.nanmedian(v):.0f} / {np.nanpercentile(v, 95):.0f} ms")
+        lines.append(f"| {key} | {' | '.join(cells)} |")
+    fps = " | ".join(f"{results[r]['fps']:.1f} frames/s" for r in ratios)
+    lines.append(f"| explorer: frames/s while training (6x100 tanh MLP) | {fps} |")
+    return "\n".join(lines)
+
+
 def bench_widgets_markdown(repeat: int = 3) -> str:
     """The widget figures as a Markdown table (medians over ``repeat`` runs) for
     docs/benchmarks.md."""
@@ -243,7 +322,23 @@ def bench_widgets_markdown(repeat: int = 3) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="repeat each measurement")
+    parser.add_argument(
+        "--browser", action="store_true",
+        help="also measure the felt latency in JupyterLab + headless Chromium at device "
+        "pixel ratio 1 and 2 (needs playwright and /usr/bin/chromium)",
+    )  # fmt: skip
+    parser.add_argument("--changes", type=int, default=10, help="changes per control (browser)")
     args = parser.parse_args(argv)
+    if args.browser:
+        import os
+
+        load = os.getloadavg()[0]
+        results = {r: felt_latency(r, args.changes) for r in (1.0, 2.0)}
+        print(
+            f"felt latency in the browser (1280 x 800, file browser open; load average "
+            f"{load:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs):"
+        )
+        print(felt_markdown(results))
     print(
         f"widgets benchmark: {platform.processor() or platform.machine()}, "
         f"torch threads {torch.get_num_threads()}, {args.repeat} repeats (medians)"

@@ -25,7 +25,8 @@ import torch
 from matplotlib.patches import Polygon
 
 from ..data import load_mnist
-from ._display import GREY, OKABE_ITO, FigureView, mimebundle, style, style_axes
+from ._base import CourseWidget, dropdown, int_slider, row, toggle
+from ._display import GREY, OKABE_ITO, FigureView, grid_positions, pin_labels, style, style_axes
 
 __all__ = ["NormalizationPlayground", "stat_groups", "normalize", "sample_tensor", "KINDS"]
 
@@ -136,7 +137,7 @@ def _divisors(c: int) -> list[int]:
     return [g for g in range(1, c + 1) if c % g == 0]
 
 
-class NormalizationPlayground:
+class NormalizationPlayground(CourseWidget):
     """Pick a normalization and an entry; see which entries share its mean and variance.
 
     Args:
@@ -162,40 +163,32 @@ class NormalizationPlayground:
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        wide = {"description_width": "initial"}
+        super().__init__()
+        # the source first: the others' ranges depend on its shape
         self.controls = {
-            "kind": W.ToggleButtons(
-                options=[(_NAMES[k].lower(), k) for k in KINDS],
-                value=kind,
-                style={"button_width": "125px"},
-            ),
-            "source": W.Dropdown(options=SOURCES, value=source, description="tensor", style=wide),
-            "groups": W.Dropdown(
-                options=[groups], value=groups, description="groups G", style=wide
-            ),
-            "sample": W.IntSlider(value=sample, min=0, max=1, description="sample n", style=wide),
-            "channel": W.IntSlider(
-                value=channel, min=0, max=1, description="channel c", style=wide
-            ),
+            "source": dropdown("tensor", SOURCES, source, "220px"),
+            "kind": toggle([(_NAMES[k].lower(), k) for k in KINDS], kind, "112px"),
+            "groups": dropdown("groups G", [groups], groups, "150px"),
+            "sample": int_slider("sample n", sample, 0, 1, width="230px"),
+            "channel": int_slider("channel c", channel, 0, 1, width="230px"),
         }
         self.info = W.HTML()
-        self.view = FigureView((11.6, 5.7), dpi=80)
-        self._busy = False
+        self.view = FigureView(self._layout)
+        self._structure = None
         self._load(source, groups, sample, channel)
         self._build_figure()
-        for key, ctl in self.controls.items():
-            ctl.observe(self._on_source if key == "source" else self._on_change, names="value")
+        self.view.fit()
+        c = self.controls
         self.widget = W.VBox(
             [
-                W.HBox([self.controls["kind"], self.controls["groups"]]),
-                W.HBox(
-                    [self.controls["source"], self.controls["sample"], self.controls["channel"]]
-                ),
+                row([c["kind"], c["groups"]]),
+                row([c["source"], c["sample"], c["channel"]]),
                 self.info,
                 self.view.widget,
             ]
         )
-        self._update(full=True)
+        self.watch_controls()
+        self._update()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -208,54 +201,22 @@ class NormalizationPlayground:
         divs = _divisors(c)
         g = groups if groups in divs else min(divs, key=lambda d: abs(d - 2))
         ctl = self.controls
-        self._busy = True  # one update at the end, not one per control
-        try:
+        with self.held():  # one update at the end, not one per control
             ctl["groups"].options = divs
             ctl["groups"].value = g
             ctl["sample"].max = n - 1
             ctl["sample"].value = min(sample, n - 1)
             ctl["channel"].max = c - 1
             ctl["channel"].value = min(channel, c - 1)
-        finally:
-            self._busy = False
 
-    def _on_source(self, change) -> None:
-        if self._busy:
-            return
-        c = self.controls
-        self._load(change["new"], c["groups"].value, c["sample"].value, c["channel"].value)
-        self._rebuild_images()
-        self._update(full=True)
-
-    def _on_change(self, change) -> None:
-        if not self._busy:
-            self._update()
-
-    def set(self, **values) -> None:
-        """Set several controls at once (``kind``, ``groups``, ``source``, ``sample``,
-        ``channel``) and redraw once."""
-        unknown = set(values) - set(self.controls)
-        if unknown:
-            raise KeyError(
-                f"unknown controls {sorted(unknown)}; choose from {sorted(self.controls)}"
-            )
-        if "source" in values:
-            self._busy = True
-            try:
-                self.controls["source"].value = values["source"]
-            finally:
-                self._busy = False
+    def prepare(self, key: str) -> None:
+        if key == "source":
             c = self.controls
-            self._load(values["source"], values.get("groups", c["groups"].value))
+            self._load(c["source"].value, c["groups"].value, c["sample"].value, c["channel"].value)
             self._rebuild_images()
-        self._busy = True
-        try:
-            for k, v in values.items():
-                if k != "source":
-                    self.controls[k].value = v
-        finally:
-            self._busy = False
-        self._update(full="source" in values)
+
+    def apply(self, changed: set[str]) -> None:
+        self._update()
 
     def _compute(self) -> dict:
         c = self.controls
@@ -278,28 +239,33 @@ class NormalizationPlayground:
 
     # -- figure --------------------------------------------------------------------------
 
+    def _layout(self, width: int) -> int:
+        """Input, output and cube on top, the statistics below; margins in CSS pixels."""
+        top_h = int(np.clip(0.36 * width, 220, 340))
+        stats_h = int(np.clip(0.12 * width, 80, 120))
+        top, bottom, hgap = 26, 50, 78
+        height = top + top_h + hgap + stats_h + bottom
+        cells = grid_positions(
+            width, height, 2, 3, left=58, right=12, top=top, bottom=bottom, wgap=84, hgap=hgap,
+            width_ratios=[1, 1, 1.05], height_ratios=[top_h, stats_h],
+        )  # fmt: skip
+        for ax, pos in zip((self.ax_in, self.ax_out, self.ax_cube), cells[0]):
+            ax.set_position(pos)
+        x0, y0, _, h = cells[1][0]
+        x1, _, w1, _ = cells[1][2]
+        self.ax_stats.set_position((x0, y0, x1 + w1 - x0, h))
+        return height
+
     def _build_figure(self) -> None:
         fig = self.view.figure
         with style():
-            gs = fig.add_gridspec(
-                2,
-                3,
-                height_ratios=[3.0, 1.3],
-                width_ratios=[1, 1, 0.8],
-                left=0.05,
-                right=0.98,
-                top=0.9,
-                bottom=0.1,
-                hspace=0.45,
-                wspace=0.18,
-            )
-            self.ax_in = fig.add_subplot(gs[0, 0])
-            self.ax_out = fig.add_subplot(gs[0, 1])
-            self.ax_cube = fig.add_subplot(gs[0, 2])
-            self.ax_stats = fig.add_subplot(gs[1, :])
+            self.ax_in = fig.add_axes((0, 0, 1, 1))
+            self.ax_out = fig.add_axes((0, 0, 1, 1))
+            self.ax_cube = fig.add_axes((0, 0, 1, 1))
+            self.ax_stats = fig.add_axes((0, 0, 1, 1))
             style_axes(self.ax_stats)
             self._titles = {
-                name: ax.set_title(" ", fontsize=10, y=1.01)
+                name: ax.set_title(" ", fontsize=10.5, y=1.01)
                 for name, ax in [
                     ("in", self.ax_in),
                     ("out", self.ax_out),
@@ -310,6 +276,9 @@ class NormalizationPlayground:
             self._build_cube()
             self.ax_stats.set_ylabel("value")
             self.ax_stats.axhline(0, color=GREY, lw=0.8)
+        for ax in (self.ax_in, self.ax_out, self.ax_stats):
+            pin_labels(ax, below=20, left=24)
+        self.view.animate(self._titles.values(), cache=True)
         self._rebuild_images()
 
     def _rebuild_images(self) -> None:
@@ -350,10 +319,10 @@ class NormalizationPlayground:
         for ax in (self.ax_in, self.ax_out):
             ax.set_xticks(np.arange(c) * step_w + (w - 1) / 2, [str(j) for j in range(c)])
             ax.set_yticks(np.arange(n) * step_h + (h - 1) / 2, [str(i) for i in range(n)])
-            ax.tick_params(length=0, labelsize=8)
+            ax.tick_params(length=0, labelsize=10)
             for side in ax.spines.values():
                 side.set_visible(False)
-            ax.set_xlabel(f"channel c (each map {h}x{w} = H x W)" if h * w > 1 else "feature c")
+            ax.set_xlabel(f"channel c (maps {h}×{w})" if h * w > 1 else "feature c")
             ax.set_ylabel("sample n")
         self._image_artists = [
             self._im_in,
@@ -363,6 +332,7 @@ class NormalizationPlayground:
             *self._marker,
         ]
         self.view.animate(self._image_artists)
+        self.view.invalidate(self.ax_in, self.ax_out)
 
     # Wu & He's cube: N to the right, H x W up, C into the page (drawn as up-right)
     _DEPTH = np.array([0.45, 0.3])
@@ -383,7 +353,7 @@ class NormalizationPlayground:
         ax = self.ax_cube
         ax.set_aspect("equal")
         ax.axis("off")
-        ax.set_xlim(-0.2, 1.65)
+        ax.set_xlim(-0.2, 1.75)
         ax.set_ylim(-0.3, 1.45)
         # a light 'glass' cube; the selected block is drawn solid inside it
         for face in ("front", "top", "right"):
@@ -410,16 +380,17 @@ class NormalizationPlayground:
         ]
         back = np.array(back)
         ax.plot(back[:, 0], back[:, 1], color=GREY, lw=0.6, ls=":")
-        ax.text(0.5, -0.08, "N (samples)", ha="center", va="top", fontsize=9)
-        ax.text(-0.05, 0.5, "H, W (positions)", ha="right", va="center", fontsize=9, rotation=90)
+        # Wu & He's single letters; the info line above the figure says what they are
+        ax.text(0.5, -0.08, "N", ha="center", va="top", fontsize=11)
+        ax.text(-0.06, 0.5, "H, W", ha="right", va="center", fontsize=11, rotation=90)
         mid = self._proj(1, 0.5, 0)
         ax.text(
             mid[0] + 0.05,
             mid[1] - 0.03,
-            "C (channels)",
+            "C",
             ha="left",
             va="top",
-            fontsize=9,
+            fontsize=11,
             rotation=np.degrees(np.arctan2(self._DEPTH[1], self._DEPTH[0])),
             rotation_mode="anchor",
         )
@@ -469,12 +440,14 @@ class NormalizationPlayground:
         pts = np.array(segs) if segs else np.empty((0, 2))
         self._cube_grid.set_data(pts[:, 0], pts[:, 1])
 
-    def _update(self, full: bool = False) -> None:
+    def _update(self) -> None:
         r = self._compute()
         kind, n, c, g = r["kind"], r["n"], r["c"], r["groups"]
-        # titles, tick labels and the bar chart's axis depend on these: render everything
+        # the bar chart's ticks and label depend on these: render its axes again, the rest
+        # of the figure keeps its background
         structure = (kind, g, self.controls["source"].value)
-        full = full or structure != getattr(self, "_structure", None)
+        if structure != self._structure:
+            self.view.invalidate(self.ax_stats)
         self._structure = structure
         N, C, H, Wd = self.x.shape
         self.controls["groups"].disabled = kind != "group"
@@ -499,15 +472,16 @@ class NormalizationPlayground:
         name = _NAMES[kind] + (f" (G={g})" if kind == "group" else "")
         pooled = int(r["mask"].sum())
         t = self._titles
-        t["in"].set_text(f"Input x {tuple(self.x.shape)}: the orange set shares one mean")
-        t["out"].set_text(f"{name} output: each set has mean 0, std 1")
-        t["cube"].set_text(f"{name} pools {_POOLED[kind]}")
+        t["in"].set_text(f"Input x {tuple(self.x.shape)}")
+        t["out"].set_text(f"{name} output")
+        t["cube"].set_text(f"pools {_POOLED[kind]}")
         mu, var = r["mean"][r["selected"]], r["var"][r["selected"]]
         self.info.value = (
             f"<b>{name}</b> computes <b>{len(r['mean'])}</b> means and variances for this "
             f"{N}&times;{C}&times;{H}&times;{Wd} tensor, each over <b>{pooled}</b> values "
             f"({_POOLED[kind]}). The selected entry (sample {n}, channel {c}) shares "
-            f"&mu; = {mu:.3f}, &sigma;&sup2; = {var:.3f} with the orange maps."
+            f"&mu; = {mu:.3f}, &sigma;&sup2; = {var:.3f} with the orange maps; after "
+            "normalizing, each set has mean 0 and std 1."
             + (
                 " <i>Each vector entry is its own group here, so the output is all zeros: "
                 "instance norm needs H&times;W &gt; 1.</i>"
@@ -516,7 +490,7 @@ class NormalizationPlayground:
             )
         )
         self._last = r
-        self.view.redraw(full)
+        self.view.redraw()
 
     def _outline_path(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A polyline (NaN-separated) around each highlighted map."""
@@ -531,18 +505,24 @@ class NormalizationPlayground:
 
     def _update_stats(self, r: dict) -> None:
         ax = self.ax_stats
-        for artist in getattr(self, "_stat_artists", []):
-            artist.remove()
-        self.view.forget(getattr(self, "_stat_artists", []))
         mean, std = r["mean"], np.sqrt(r["var"])
         k = np.arange(len(mean))
         colors = [_HIGHLIGHT if i == r["selected"] else OKABE_ITO["blue"] for i in k]
-        with style():
-            bars = ax.bar(k, mean, color=colors, width=0.7)
-            (dots,) = ax.plot(k, std, "_", color="black", ms=10, mew=2)
-        self._stat_artists = [*bars, dots]
-        self._bars, self._std_marks = list(bars), dots
-        self.view.animate(self._stat_artists)
+        if len(getattr(self, "_bars", [])) == len(mean):  # same groups: update in place
+            for bar, height, color in zip(self._bars, mean, colors):
+                bar.set_height(height)
+                bar.set_color(color)
+            self._std_marks.set_data(k, std)
+        else:
+            for artist in getattr(self, "_stat_artists", []):
+                artist.remove()
+            self.view.forget(getattr(self, "_stat_artists", []))
+            with style():
+                bars = ax.bar(k, mean, color=colors, width=0.7)
+                (dots,) = ax.plot(k, std, "_", color="black", ms=10, mew=2)
+            self._stat_artists = [*bars, dots]
+            self._bars, self._std_marks = list(bars), dots
+            self.view.animate(self._stat_artists)
         ax.set_xlim(-0.6, max(len(mean), 6) - 0.4)
         ticks = k if len(k) <= 24 else k[:: int(np.ceil(len(k) / 24))]
         ax.set_xticks(ticks)
@@ -557,7 +537,7 @@ class NormalizationPlayground:
         }
         ax.set_xlabel(f"statistics group: one per {what[r['kind']]}")
         self._titles["stats"].set_text(
-            f"{len(mean)} groups: mean (bars) and std (black ticks), the selected group in orange"
+            f"{len(mean)} groups: mean (bars), std (black ticks), selected in orange"
         )
 
     # -- what it shows -------------------------------------------------------------------
@@ -591,11 +571,6 @@ class NormalizationPlayground:
             "output_image": np.asarray(self._im_out.get_array(), dtype=float),
         }
 
-    def close(self) -> None:
-        """Close the widgets."""
-        self.view.close()
-        self.widget.close()
-
     def __repr__(self) -> str:
         c = self.controls
         return (
@@ -603,6 +578,3 @@ class NormalizationPlayground:
             f"source={c['source'].value!r}, sample={c['sample'].value}, "
             f"channel={c['channel'].value})"
         )
-
-    def _repr_mimebundle_(self, **kwargs) -> dict:
-        return mimebundle(self.widget, self.view, repr(self))

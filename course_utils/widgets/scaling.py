@@ -8,22 +8,33 @@ learning rate is shared (or set to each problem's own 1/L), so the panels show w
 badly conditioned problem, condition number kappa = L / mu of the loss's Hessian, forces
 a small step and then crawls along the valley.
 
-The loss keeps an intercept, solved exactly, so the picture stays 2-D:
-L(w) = 1/2 mean((Xc w - yc)^2) with Xc, yc centred. Its Hessian is the covariance of the
-scaled features, H = Xc^T Xc / n.
+The loss keeps an intercept, solved exactly, so the picture stays 2-D: features and targets
+are centred, and L(w) = 1/2 mean((Xc w - yc)^2). The scalers, the Hessian, the gradient
+descent and the loss surface are the lesson's own, from :mod:`course_utils.experiments.scaling`.
 """
 
 from __future__ import annotations
 
 import ipywidgets as W
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ..data import badly_scaled_2d
-from ._display import GREY, OKABE_ITO, FigureView, mimebundle, style, style_axes
+from ..experiments.scaling import (
+    MinMaxScaler,
+    RobustScaler,
+    Standardizer,
+    gradient_descent,
+    hessian,
+    loss_surface,
+)
+from ._base import CourseWidget, row, toggle
+from ._display import GREY, OKABE_ITO, FigureView, grid_positions, pin_labels, style, style_axes
 
-__all__ = ["ScalingExplorer", "SCALERS", "scale_features", "quadratic", "gd_path"]
+__all__ = ["ScalingExplorer", "SCALERS", "scale_features"]
 
 SCALERS = ("raw", "min-max", "standardized", "robust")
+_SCALER_CLASSES = {"min-max": MinMaxScaler, "standardized": Standardizer, "robust": RobustScaler}
 _COLORS = dict(
     zip(
         SCALERS,
@@ -34,54 +45,22 @@ _LR_MODES = [("same learning rate", "same"), ("each its own 1/L", "tuned")]
 
 
 def scale_features(X: np.ndarray, method: str) -> np.ndarray:
-    """Scale each column of ``X`` (n, d) by ``method``; returns (n, d).
-
-    ``raw``: unchanged; ``min-max``: to [0, 1]; ``standardized``: zero mean, unit std;
-    ``robust``: minus the median, divided by the interquartile range.
-    """
+    """Scale each column of ``X`` (n, d) by ``method`` with the lesson's scalers (fitted on
+    ``X``); returns (n, d). ``raw``: unchanged; ``min-max``: to [0, 1]; ``standardized``:
+    zero mean, unit std; ``robust``: minus the median, divided by the interquartile range."""
     if method == "raw":
-        return X.copy()
-    if method == "min-max":
-        lo, hi = X.min(0), X.max(0)
-        return (X - lo) / (hi - lo)
-    if method == "standardized":
-        return (X - X.mean(0)) / X.std(0)
-    if method == "robust":
-        q1, med, q3 = np.percentile(X, [25, 50, 75], axis=0)
-        return (X - med) / (q3 - q1)
-    raise ValueError(f"method must be one of {SCALERS}, got {method!r}")
+        return np.array(X, dtype=np.float64)
+    if method not in _SCALER_CLASSES:
+        raise ValueError(f"method must be one of {SCALERS}, got {method!r}")
+    return _SCALER_CLASSES[method]().fit(X).transform(X)
 
 
-def quadratic(Xs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """The least-squares loss of (Xs, y) with its intercept solved exactly, as a quadratic:
-    L(w) = 1/2 w^T H w - g^T w + c.
-
-    Returns:
-        H (d, d) = Xc^T Xc / n, g (d,) = Xc^T yc / n, c = mean(yc^2) / 2.
-    """
-    xc = Xs - Xs.mean(0)
-    yc = y - y.mean()
-    n = len(y)
-    return xc.T @ xc / n, xc.T @ yc / n, float(yc @ yc / (2 * n))
+def _level(Xc: np.ndarray, yc: np.ndarray, w: np.ndarray) -> float:
+    """The loss at one point w (2,)."""
+    return float(loss_surface(Xc, yc, np.array([w[0]]), np.array([w[1]]))[0, 0])
 
 
-def _loss(H: np.ndarray, g: np.ndarray, c: float, w: np.ndarray) -> np.ndarray:
-    """L at points w (..., d)."""
-    return 0.5 * np.einsum("...i,ij,...j->...", w, H, w) - w @ g + c
-
-
-def gd_path(H: np.ndarray, g: np.ndarray, lr: float, steps: int) -> np.ndarray:
-    """Gradient descent w <- w - lr (H w - g) from w = 0; returns (steps + 1, d).
-
-    Iterates that overflow are left as inf / NaN (divergence)."""
-    w = np.zeros((steps + 1, len(g)))
-    with np.errstate(over="ignore", invalid="ignore"):
-        for k in range(steps):
-            w[k + 1] = w[k] - lr * (H @ w[k] - g)
-    return w
-
-
-class ScalingExplorer:
+class ScalingExplorer(CourseWidget):
     """Raw vs min-max vs standardized vs robust scaling, seen by gradient descent.
 
     Args:
@@ -106,45 +85,44 @@ class ScalingExplorer:
         scales: tuple[float, float] = (1.0, 100.0),
         seed: int = 0,
     ):
+        super().__init__()
         self._data_args = (n, scales, seed)
         wide = {"description_width": "initial"}
+        # the data first: the paths depend on it
         self.controls = {
-            "lr": W.FloatLogSlider(
-                value=lr,
-                base=10,
-                min=-5,
-                max=1,
-                step=0.1,
-                description="learning rate",
-                readout_format=".2g",
-                style=wide,
-                layout=W.Layout(width="340px"),
-            ),
-            "steps": W.IntSlider(value=steps, min=1, max=200, description="steps", style=wide),
-            "lr_mode": W.ToggleButtons(
-                options=_LR_MODES, value=lr_mode, style={"button_width": "175px"}
-            ),
             "outliers": W.Checkbox(
-                value=outliers, description="add outliers to feature 1", indent=False
+                value=outliers, description="add outliers to feature 1", indent=False,
+                layout=W.Layout(width="220px"),
             ),
-        }
-        self.view = FigureView((11.6, 5.9), dpi=80)
+            "lr": W.FloatLogSlider(
+                value=lr, base=10, min=-5, max=1, step=0.05, description="learning rate",
+                readout_format=".2g", style=wide, layout=W.Layout(width="400px"),
+            ),
+            "steps": W.IntSlider(
+                value=steps, min=1, max=200, description="steps", style=wide,
+                layout=W.Layout(width="330px"),
+            ),
+            "lr_mode": toggle(_LR_MODES, lr_mode, "160px"),
+        }  # fmt: skip
+        self.table = W.HTML()
+        self.view = FigureView(self._layout)
         self._make_problems()
         self._build_figure()
+        self.view.fit()
         self._build_data_artists()
-        for key, ctl in self.controls.items():
-            ctl.observe(self._on_data if key == "outliers" else self._on_change, names="value")
+        c = self.controls
         self.widget = W.VBox(
             [
-                W.HBox([self.controls["lr"], self.controls["steps"]]),
-                W.HBox([self.controls["lr_mode"], self.controls["outliers"]]),
+                row([c["lr"], c["steps"]]),
+                row([c["lr_mode"], c["outliers"]]),
+                self.table,
                 self.view.widget,
             ]
         )
-        self._busy = False
-        self._update(full=True)
+        self.watch_controls()
+        self.apply(set())
 
-    # -- the problems --------------------------------------------------------------------
+    # -- the problems ------------------------------------------------------------------------
 
     def _make_problems(self) -> None:
         n, scales, seed = self._data_args
@@ -159,18 +137,17 @@ class ScalingExplorer:
         self.problems = {}
         for m in SCALERS:
             Xs = scale_features(X, m)
-            H, g, c = quadratic(Xs, y)
-            eig = np.linalg.eigvalsh(H)
-            w_star = np.linalg.solve(H, g)
+            Xc, yc = Xs - Xs.mean(0), y - y.mean()  # the intercept, solved exactly
+            eig = np.linalg.eigvalsh(hessian(Xc))
+            w_star = np.linalg.lstsq(Xc, yc, rcond=None)[0]
             self.problems[m] = {
                 "X": Xs,
-                "H": H,
-                "g": g,
-                "c": c,
+                "Xc": Xc,
+                "yc": yc,
                 "L": float(eig[-1]),
                 "mu": float(eig[0]),
                 "w_star": w_star,
-                "loss_star": float(_loss(H, g, c, w_star)),
+                "loss_star": _level(Xc, yc, w_star),
             }
 
     def _window(self, p: dict) -> tuple[float, float, float, float]:
@@ -182,49 +159,62 @@ class ScalingExplorer:
         )
         return centre[0] - half, centre[0] + half, centre[1] - half, centre[1] + half
 
-    # -- figure --------------------------------------------------------------------------
+    # -- figure ------------------------------------------------------------------------------
+
+    def _layout(self, width: int) -> int:
+        """Four columns (one per scaling) of square panels: data on top, loss below."""
+        left, right, wgap, top, bottom, hgap = 58, 16, 78, 44, 46, 84
+        side = int((width - left - right - 3 * wgap) / 4)
+        height = top + bottom + hgap + 2 * side
+        cells = grid_positions(
+            width, height, 2, 4, left=left, right=right, top=top, bottom=bottom, wgap=wgap,
+            hgap=hgap,
+        )  # fmt: skip
+        for j, m in enumerate(SCALERS):
+            self.ax_data[m].set_position(cells[0][j])
+            self.ax_loss[m].set_position(cells[1][j])
+        return height
 
     def _build_figure(self) -> None:
         fig = self.view.figure
+        self.ax_data, self.ax_loss = {}, {}
+        self._paths, self._ends = {}, {}
         with style():
-            axes = fig.subplots(2, 4)
-            fig.subplots_adjust(
-                left=0.06, right=0.985, top=0.9, bottom=0.09, wspace=0.42, hspace=0.42
-            )
-        self.ax_data = dict(zip(SCALERS, axes[0]))
-        self.ax_loss = dict(zip(SCALERS, axes[1]))
-        self._titles = {}
-        self._paths = {}
-        self._ends = {}
-        for m in SCALERS:
-            for ax in (self.ax_data[m], self.ax_loss[m]):
-                style_axes(ax)
-                ax.set_aspect("equal", adjustable="box")
-            self.ax_data[m].set_xlabel("feature 1 (scaled)")
-            self.ax_data[m].set_ylabel("feature 2 (scaled)")
-            self.ax_loss[m].set_xlabel("weight w1")
-            self.ax_loss[m].set_ylabel("weight w2")
-            with style():
+            for m in SCALERS:
+                self.ax_data[m] = fig.add_axes((0, 0, 1, 1))
+                self.ax_loss[m] = fig.add_axes((0, 0, 1, 1))
+                for ax in (self.ax_data[m], self.ax_loss[m]):
+                    style_axes(ax)
+                    # square cells and square windows: equal aspect without set_aspect,
+                    # which would move the limits or the box at every draw
+                    ax.xaxis.set_major_locator(MaxNLocator(3))
+                    ax.yaxis.set_major_locator(MaxNLocator(3))
+                    pin_labels(ax, below=19, left=27)
+                self.ax_data[m].set_xlabel("feature 1")
+                self.ax_data[m].set_ylabel("feature 2")
+                self.ax_loss[m].set_xlabel("w1")
+                self.ax_loss[m].set_ylabel("w2")
                 self.ax_data[m].set_title(
-                    m, fontsize=11, fontweight="bold", color=_COLORS[m], y=1.08
+                    m, fontsize=11, fontweight="bold", color=_COLORS[m], y=1.12
                 )
-                self._titles[m] = self.ax_loss[m].set_title(" ", fontsize=9, y=1.02)
                 (self._paths[m],) = self.ax_loss[m].plot(
                     [], [], ".-", color=_COLORS[m], lw=1.3, ms=4
                 )
                 (self._ends[m],) = self.ax_loss[m].plot([], [], "*", color="black", ms=10)
                 self.ax_loss[m].plot([0], [0], "o", color=GREY, ms=5)
         self.view.animate([*self._paths.values(), *self._ends.values()])
-        self.view.animate(self._titles.values(), cache=True)
+        # the condition numbers sit in the gap the panels above use for their labels
+        self._kappa = {m: self.ax_loss[m].set_title(" ", fontsize=10.5, y=1.02) for m in SCALERS}
+        self.view.animate(self._kappa.values(), cache=True)
 
     def _build_data_artists(self) -> None:
         """Scatter plots and loss contours for the current data (static until it changes)."""
         for artist in getattr(self, "_static", []):
             artist.remove()
-        self._static, self._scatter, self._data_titles = [], {}, {}
+        self._static, self._scatter = [], {}
         for m in SCALERS:
             p = self.problems[m]
-            ax = self.ax_data[m]
+            ax, lax = self.ax_data[m], self.ax_loss[m]
             Xs = p["X"]
             with style():
                 self._scatter[m] = ax.scatter(
@@ -234,93 +224,76 @@ class ScalingExplorer:
                 ax.set_xlim(-lim, lim)
                 ax.set_ylim(-lim, lim)
                 sd = Xs.std(0)
-                self._data_titles[m] = ax.text(
-                    0.5,
-                    1.01,
-                    f"std {sd[0]:.2g} and {sd[1]:.2g}",
-                    transform=ax.transAxes,
-                    ha="center",
-                    va="bottom",
-                    fontsize=8,
-                    color=GREY,
-                )
+                std_text = ax.text(
+                    0.5, 1.02, f"std {sd[0]:.2g} and {sd[1]:.2g}", transform=ax.transAxes,
+                    ha="center", va="bottom", fontsize=10, color=GREY,
+                )  # fmt: skip
                 x0, x1, y0, y1 = self._window(p)
-                gx, gy = np.meshgrid(np.linspace(x0, x1, 121), np.linspace(y0, y1, 121))
-                z = _loss(p["H"], p["g"], p["c"], np.stack([gx, gy], -1))
-                start = float(_loss(p["H"], p["g"], p["c"], np.zeros(2)))
+                w1, w2 = np.linspace(x0, x1, 121), np.linspace(y0, y1, 121)
+                z = loss_surface(p["Xc"], p["yc"], w1, w2)
+                start = _level(p["Xc"], p["yc"], np.zeros(2))
                 levels = p["loss_star"] + (start - p["loss_star"]) * np.geomspace(1e-3, 4, 10)
-                cs = self.ax_loss[m].contour(gx, gy, z, levels=levels, colors=GREY, linewidths=0.7)
-                self.ax_loss[m].set_xlim(x0, x1)
-                self.ax_loss[m].set_ylim(y0, y1)
-                (opt,) = self.ax_loss[m].plot(*p["w_star"], "x", color="black", ms=7, mew=1.5)
-            self._static += [self._scatter[m], self._data_titles[m], cs, opt]
+                cs = lax.contour(w1, w2, z, levels=levels, colors=GREY, linewidths=0.7)
+                lax.set_xlim(x0, x1)
+                lax.set_ylim(y0, y1)
+                (opt,) = lax.plot(*p["w_star"], "x", color="black", ms=7, mew=1.5)
+            self._kappa[m].set_text(f"κ = {p['L'] / p['mu']:.3g}")
+            self._static += [self._scatter[m], std_text, cs, opt]
+        self.view.invalidate(*self.ax_data.values(), *self.ax_loss.values())
 
-    def _on_data(self, change) -> None:
-        self._make_problems()
-        self._build_data_artists()
-        self._update(full=True)
+    # -- updates -----------------------------------------------------------------------------
 
-    def _on_change(self, change) -> None:
-        if not self._busy:
-            self._update()
-
-    def set(self, **values) -> None:
-        """Set several controls at once (``lr``, ``steps``, ``lr_mode``, ``outliers``) and
-        redraw once."""
-        unknown = set(values) - set(self.controls)
-        if unknown:
-            raise KeyError(
-                f"unknown controls {sorted(unknown)}; choose from {sorted(self.controls)}"
-            )
-        data = "outliers" in values and values["outliers"] != self.controls["outliers"].value
-        self._busy = True
-        try:
-            for k, v in values.items():
-                if k == "outliers":
-                    self.controls[k].unobserve(self._on_data, names="value")
-                    self.controls[k].value = v
-                    self.controls[k].observe(self._on_data, names="value")
-                else:
-                    self.controls[k].value = v
-        finally:
-            self._busy = False
-        if data:
+    def prepare(self, key: str) -> None:
+        if key == "outliers":
             self._make_problems()
             self._build_data_artists()
-        self._update(full=data)
 
-    def _update(self, full: bool = False) -> None:
+    def apply(self, changed: set[str]) -> None:
         c = self.controls
         steps, mode = c["steps"].value, c["lr_mode"].value
         self.results = {}
         for m in SCALERS:
             p = self.problems[m]
             lr = c["lr"].value if mode == "same" else 1.0 / p["L"]
-            path = gd_path(p["H"], p["g"], lr, steps)
-            final = float(_loss(p["H"], p["g"], p["c"], path[-1]))
-            diverged = not np.isfinite(final) or lr >= 2.0 / p["L"]
+            path, losses = gradient_descent(p["Xc"], p["yc"], lr, steps)
+            # the lesson's gradient descent stops before the loss overflows
+            overflowed = len(path) < steps + 1
+            diverged = overflowed or lr >= 2.0 / p["L"]
+            final = float("inf") if overflowed else float(losses[-1])
             shown = self._clip(path, self._window(p))
             self._paths[m].set_data(shown[:, 0], shown[:, 1])
             self._ends[m].set_data(shown[-1:, 0], shown[-1:, 1])
-            kappa = p["L"] / p["mu"]
-            gap = final - p["loss_star"]
-            if diverged:
-                verdict = f"diverges: lr {lr:.2g} > 2/L = {2 / p['L']:.2g}"
-            elif gap < 1e-9:
-                verdict = f"at the minimum after {steps} steps"
-            else:
-                verdict = f"loss gap {gap:.1e} after {steps} steps"
-            self._titles[m].set_text(f"κ = {kappa:.3g}, lr = {lr:.2g}\n{verdict}")
             self.results[m] = {
                 "lr": lr,
-                "kappa": kappa,
+                "kappa": p["L"] / p["mu"],
                 "max_stable_lr": 2.0 / p["L"],
                 "path": path,
                 "final_loss": final,
-                "loss_gap": gap,
+                "loss_gap": final - p["loss_star"],
                 "diverged": diverged,
             }
-        self.view.redraw(full)
+        self.table.value = self._table(steps)
+        self.view.redraw()
+
+    def _table(self, steps: int) -> str:
+        cells = []
+        for m in SCALERS:
+            r = self.results[m]
+            if r["diverged"]:
+                verdict = f"<b>diverges</b>: lr &gt; 2/L = {r['max_stable_lr']:.2g}"
+            elif r["loss_gap"] < 1e-9:
+                verdict = "at the minimum"
+            else:
+                verdict = f"loss gap {r['loss_gap']:.1e}"
+            cells.append(
+                f"<td style='padding:0 14px 0 0'><b style='color:{_COLORS[m]}'>{m}</b>: "
+                f"lr {r['lr']:.2g}, {verdict}</td>"
+            )
+        return (
+            f"<div>After {steps} steps of gradient descent from w = 0:</div>"
+            f"<table style='font-size:13px'><tr>{''.join(cells[:2])}</tr>"
+            f"<tr>{''.join(cells[2:])}</tr></table>"
+        )
 
     @staticmethod
     def _clip(path: np.ndarray, window: tuple[float, float, float, float]) -> np.ndarray:
@@ -334,7 +307,7 @@ class ScalingExplorer:
             return path[: max(int(np.argmax(far)), 1)]
         return path
 
-    # -- what it shows -------------------------------------------------------------------
+    # -- what it shows -----------------------------------------------------------------------
 
     def plotted(self) -> dict:
         """What the figure shows, per scaling method (``"raw"``, ``"min-max"``,
@@ -351,17 +324,9 @@ class ScalingExplorer:
             out[m] = r
         return out
 
-    def close(self) -> None:
-        """Close the widgets."""
-        self.view.close()
-        self.widget.close()
-
     def __repr__(self) -> str:
         c = self.controls
         return (
             f"ScalingExplorer(lr={c['lr'].value:.3g}, steps={c['steps'].value}, "
             f"lr_mode={c['lr_mode'].value!r}, outliers={c['outliers'].value})"
         )
-
-    def _repr_mimebundle_(self, **kwargs) -> dict:
-        return mimebundle(self.widget, self.view, repr(self))
