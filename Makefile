@@ -22,9 +22,14 @@ $(STAMP): requirements.txt pyproject.toml jupyter-config
 	cp -R jupyter-config/. $(VENV)/
 	touch $(STAMP)
 
-# the development tools on top: tests, nbgrader, the static edition (requirements-dev.txt)
+# the development tools on top: tests, nbgrader, the static edition (requirements-dev.txt);
+# nbgrader's JupyterLab extensions stay off, so `make lab` shows what a learner sees (its
+# command line, which the course's nbgrader export uses, needs none of them)
+NBGRADER_SERVER := $(addprefix nbgrader.server_extensions.,formgrader validate_assignment assignment_list course_list)
 $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null 2>&1
+	$(BIN)/jupyter server extension disable --sys-prefix $(NBGRADER_SERVER) >/dev/null 2>&1
 	touch $(DEV_STAMP)
 
 setup: $(STAMP)
