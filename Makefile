@@ -8,6 +8,9 @@ DEV_STAMP := $(VENV)/.installed-dev
 # the page `make lab` opens (and prints, with its token, for a remote or headless machine)
 LESSON_URL := /lab/tree/lessons/00_start_here.ipynb
 LAB_ARGS ?=
+# where torch comes from: empty = PyPI (on Linux the CUDA build, ~4.6 GB installed); for the CPU
+# build on Linux (~0.75 GB): make lab TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: lab test unit setup setup-dev lessons check-lessons lint format bench grade-demo static clean
 
@@ -16,6 +19,7 @@ LAB_ARGS ?=
 $(STAMP): requirements.txt pyproject.toml jupyter-config
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (normalization course)" >/dev/null

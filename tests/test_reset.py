@@ -177,7 +177,8 @@ def learner(tmp_path):
 
 
 def _install_lessons():
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (ROOT / "lessons").iterdir()}
+    files = (ROOT / "lessons").glob("*.ipynb")
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
 
 
 @pytest.mark.parametrize("where", ["home", "home/lessons"])
