@@ -65,12 +65,12 @@ test: setup-dev
 	$(BIN)/ruff check course_utils tests
 	$(BIN)/ruff format --check course_utils tests
 	$(BIN)/python -m course_utils.build --check
-	$(BIN)/python -m pytest -q tests --timeout 900
+	$(BIN)/python -m pytest -q -rs tests --timeout 900
 	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --timeout 300 -p no:randomly solutions lessons
 
 # the unit tests alone (CI runs them on Python 3.10 too: make unit PYTHON=python3.10 VENV=.venv-py310)
 unit: setup-dev
-	$(BIN)/python -m pytest -q tests --timeout 900 -m "not browser and not slow"
+	$(BIN)/python -m pytest -q -rs tests --timeout 900 -m "not browser and not slow"
 
 static: setup-dev
 	$(BIN)/python -m course_utils.static
