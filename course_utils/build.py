@@ -30,6 +30,7 @@ __all__ = [
     "notebook_text",
     "content_hash",
     "backup_path",
+    "learner_edited",
     "ROOT",
 ]
 
@@ -121,7 +122,9 @@ def backup_path(path: Path, now: _dt.datetime | None = None) -> Path:
     return candidate
 
 
-def _learner_edited(path: Path) -> bool:
+def learner_edited(path: Path) -> bool:
+    """True unless ``path`` is a lesson exactly as the build wrote it (its stored content hash
+    matches): any edit, run or save by the learner, or an unreadable file, counts as edited."""
     try:
         nb = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -152,7 +155,7 @@ def build(
         changed.append(str(dst))
         if check:
             continue
-        if old is not None and _learner_edited(dst):
+        if old is not None and learner_edited(dst):
             bak = backup_path(dst)
             dst.rename(bak)
             if not quiet:

@@ -1,28 +1,39 @@
 """Where a learner stands: every lesson's exercises passed / failed / not started.
 
-    python -m course_utils.progress            # every lesson in lessons/
+    python -m course_utils.progress            # the lessons in this folder (or in ./lessons)
+    python -m course_utils.progress ~/lessons  # the lessons in another folder
     python -m course_utils.progress --json     # the same, machine-readable
 
-In a notebook, ``course_utils.progress.show("03")`` prints that lesson's line.
+In a notebook, ``course_utils.progress.show("03")`` prints that lesson's line, and says when
+the notebook holds changes that are not saved yet.
 
 The learner's saved notebooks are run with the *visible* tests only (the same tests as the
-``check`` cells), through the grader's sandbox: each notebook's code runs in its own process
-with a time limit, so a broken or endless notebook cannot hang the report.
+``check`` cells), each notebook's code in its own time-limited process (the grader's), so a
+broken or endless notebook cannot hang the report.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from .build import ROOT
 from .exercises.core import Exercise
-from .exercises.registry import all_exercises
+from .exercises.registry import all_exercises, lesson_exercises
+from .lesson_files import LessonFolderError, is_lesson_file, learners_folder
 
-__all__ = ["LessonProgress", "lesson_progress", "show", "format_progress", "main"]
+__all__ = [
+    "LessonProgress",
+    "lesson_progress",
+    "show",
+    "format_progress",
+    "unsaved_exercises",
+    "main",
+]
 
 STATUS_MARK = {"passed": "[x]", "failed": "[!]", "not started": "[ ]"}
 
@@ -56,31 +67,32 @@ def _status(score: float, max_score: float, feedback: str) -> str:
     return "failed"
 
 
-def lesson_progress(paths: list[Path], timeout: float = 30.0) -> list[LessonProgress]:
-    """Run the visible checks of each notebook in ``paths`` in sandboxed processes."""
+def _run_visible_checks(paths: Sequence[Path], timeout: float) -> list:
+    """The grader's results for ``paths`` with the visible tests only (the one call into the
+    grader: it runs each notebook's setup and exercise cells in a time-limited process)."""
     from .grading.grader import grade
 
     catalog: dict[str, list[Exercise]] = {}
     for ex in all_exercises().values():
         catalog.setdefault(ex.lesson, []).append(_visible_only(ex))
-    out = []
-    for res in grade(paths, timeout=timeout, catalog=catalog):
-        out.append(
-            LessonProgress(
-                res.lesson,
-                res.path,
-                {
-                    e.id: (_status(e.score, e.max_score, e.feedback), e.feedback)
-                    for e in res.exercises
-                },
-                res.note,
-            )
+    return grade(list(paths), timeout=timeout, catalog=catalog)
+
+
+def lesson_progress(paths: Sequence[Path], timeout: float = 30.0) -> list[LessonProgress]:
+    """Run the visible checks of each saved notebook in ``paths``; one line per notebook."""
+    return [
+        LessonProgress(
+            res.lesson,
+            res.path,
+            {e.id: (_status(e.score, e.max_score, e.feedback), e.feedback) for e in res.exercises},
+            res.note,
         )
-    return out
+        for res in _run_visible_checks(paths, timeout)
+    ]
 
 
 def format_progress(rows: list[LessonProgress], verbose: bool = False) -> str:
-    """The report as text: one line per lesson, then (verbose) one line per exercise."""
+    """The report as text: one line per lesson, then (verbose) one line per failed exercise."""
     lines = []
     for row in rows:
         name = Path(row.path).name
@@ -98,37 +110,157 @@ def format_progress(rows: list[LessonProgress], verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def show(lesson: str, lessons: Path | None = None) -> None:
-    """Print one lesson's progress line from its *saved* notebook (save first: Ctrl+S).
+# ------------------------------------------------------------------------------------------
+# unsaved changes: what the kernel ran against what the saved file holds
+# ------------------------------------------------------------------------------------------
+
+
+def _defines(source: str, name: str) -> bool:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == name:
+                return True
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+    return False
+
+
+def _same(a: str, b: str) -> bool:
+    def norm(s: str) -> list[str]:
+        return [line.rstrip() for line in s.strip().splitlines()]
+
+    return norm(a) == norm(b)
+
+
+def unsaved_exercises(saved: dict, lesson: str, ran: Sequence[str]) -> list[str]:
+    """The exercises whose code the kernel ran is not the code in the saved notebook.
+
+    Args:
+        saved: the saved notebook (its JSON).
+        lesson: its lesson number, e.g. "03".
+        ran: the code cells the kernel ran, oldest first (IPython's input history).
+    Returns:
+        The names (``batch_norm_forward``, ...) whose last definition the kernel ran differs
+        from the saved notebook's exercise cell; exercises the kernel never defined are left
+        out (nothing unsaved to report).
+    """
+    cells = [
+        (c.get("metadata", {}).get("course", {}).get("exercise"), "".join(c["source"]))
+        for c in saved.get("cells", [])
+        if c.get("cell_type") == "code" and isinstance(c.get("source"), (str, list))
+    ]
+    ids_by_name: dict[str, set[str]] = {}
+    for ex in lesson_exercises(lesson):  # several ids may grade one function (the capstone)
+        ids_by_name.setdefault(ex.name, set()).add(ex.id)
+    names: dict[str, str | None] = {}
+    for name, ids in ids_by_name.items():
+        tagged = [src for ex_id, src in cells if ex_id in ids]
+        defining = [src for _, src in cells if _defines(src, name)]
+        names[name] = (tagged or defining or [None])[-1]
+    unsaved = []
+    for name, saved_source in names.items():
+        last = next((src for src in reversed(ran) if _defines(src, name)), None)
+        if last is not None and (saved_source is None or not _same(last, saved_source)):
+            unsaved.append(name)
+    return unsaved
+
+
+def _kernel_history() -> list[str] | None:
+    """The cells this IPython kernel ran (raw, oldest first), or None outside a kernel."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None
+    return list(shell.history_manager.input_hist_raw[1:])
+
+
+def _this_notebook(lesson: str, folder: Path) -> Path | None:
+    """The saved notebook of ``lesson``: the notebook this kernel belongs to when Jupyter says
+    which (``__session__``), else the lesson's notebook in ``folder``."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        session = shell.user_ns.get("__session__") if shell is not None else None
+    except ImportError:
+        session = None
+    if session:
+        path = Path(session)
+        path = path if path.is_absolute() else folder / path.name
+        if path.is_file() and path.name.startswith(f"{lesson}_"):
+            return path
+    paths = sorted(p for p in folder.glob(f"{lesson}_*.ipynb") if is_lesson_file(p))
+    return paths[0] if paths else None
+
+
+def show(lesson: str, lessons: Path | None = None, timeout: float = 30.0) -> None:
+    """Print one lesson's progress line from its *saved* notebook.
 
     Looks for ``NN_*.ipynb`` in ``lessons`` (default: the current folder, which is the
-    notebook's own folder in Jupyter). Use :func:`lesson_progress` for the data itself.
+    notebook's own folder in Jupyter). In a notebook, also says when the code the kernel ran
+    differs from the saved file (unsaved changes), since the report reads the saved file.
+    Use :func:`lesson_progress` for the data itself.
     """
-    lessons = lessons or Path.cwd()
-    wanted = f"{int(lesson):02d}_"
-    paths = sorted(p for p in lessons.glob(f"{wanted}*.ipynb") if ".backup-" not in p.name)
-    if not paths:
-        print(f"no saved notebook for lesson {lesson} in {lessons}")
+    lesson = f"{int(lesson):02d}"
+    folder = lessons or Path.cwd()
+    path = _this_notebook(lesson, folder)
+    if path is None:
+        print(f"no saved notebook for lesson {lesson} in {folder}")
         return
-    rows = lesson_progress(paths[:1])
+    rows = lesson_progress([path], timeout)
     print(format_progress(rows, verbose=True))
-    print("(from the last saved version of the notebook: save it first to include recent work)")
+    ran = _kernel_history()
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    unsaved = unsaved_exercises(saved, lesson, ran) if ran is not None and saved else []
+    if unsaved:
+        which = ", ".join(unsaved)
+        print(
+            f"\nUnsaved changes: the {which} your kernel ran is not the one in the saved "
+            f"notebook, and this report reads the saved file. Save (Ctrl+S), then run this "
+            f"cell again."
+        )
+    else:
+        print("(from the saved notebook: save first to include recent work)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Show which exercises you have passed.")
-    parser.add_argument("folder", nargs="?", type=Path, default=ROOT / "lessons")
+    parser.add_argument(
+        "folder",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="the folder of your lessons (default: this folder, or its lessons/ subfolder)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per exercise")
     args = parser.parse_args(argv)
-    paths = sorted(p for p in args.folder.glob("*.ipynb") if ".backup-" not in p.name)
+    try:
+        folder = learners_folder(args.folder)
+    except LessonFolderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = sorted(p for p in folder.glob("*.ipynb") if is_lesson_file(p))
     if not paths:
-        print(f"no lessons found in {args.folder}", file=sys.stderr)
+        print(f"error: no lessons (NN_name.ipynb) in {folder}", file=sys.stderr)
         return 2
     rows = lesson_progress(paths, args.timeout)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
     else:
+        print(f"lessons in {folder}\n")
         print(format_progress(rows, verbose=True))
         done = sum(r.passed for r in rows)
         total = sum(len(r.exercises) for r in rows)

@@ -1,40 +1,51 @@
-"""The static edition: every solution notebook executed and rendered to HTML, with an index.
+"""The static edition: the solved course as a book of HTML pages that reads offline.
 
-    python -m course_utils.static [--out site] [--only 00 03]
+    python -m course_utils.static [--out site] [--only 00 03] [--jobs 1]
 
-The folder opens in any browser with no server and no network: figures are embedded in the
-pages, widgets show their static images, and MathJax is copied next to the pages. Links
-between lessons (``NN_name.ipynb``) are rewritten to the HTML pages.
+Every solution notebook is executed in a fresh kernel (``--jobs`` at a time), then Sphinx with
+myst-nb and the book theme renders them (settings: :mod:`course_utils.static_conf`): one page
+per lesson titled with the lesson, a sidebar of lessons, previous / next links and an index
+page; math typeset by MathJax 3 copied next to the pages; figures embedded; each live widget
+shown as the static image it leaves. Open ``site/index.html`` in any browser: no server, no
+network. Needs the development requirements (``pip install -r requirements-dev.txt``).
 """
 
 from __future__ import annotations
 
 import argparse
-import html
-import json
+import concurrent.futures
+import multiprocessing
 import re
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import nbformat
-
 from .build import ROOT
 
-__all__ = ["execute_notebook", "render_page", "build_site"]
-
-_MATHJAX_URL = "mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
+__all__ = ["execute_notebook", "build_site", "StaticBuildError"]
 
 
-def execute_notebook(path: Path, timeout: int = 600) -> nbformat.NotebookNode:
-    """Run a notebook top to bottom in a fresh kernel (in its own folder); return it executed.
+class StaticBuildError(Exception):
+    """The site could not be built (a notebook failed, Sphinx failed, a bad output folder)."""
 
-    Raises nbclient's CellExecutionError when a cell fails (cells tagged
-    ``raises-exception`` may fail).
+
+def execute_notebook(path: Path, dest: Path, timeout: int = 600) -> float:
+    """Run a notebook top to bottom in a fresh kernel (in its own folder), write it to ``dest``.
+
+    Widget state is dropped, so each widget's output falls back to its static image.
+
+    Returns:
+        The seconds it took.
+    Raises:
+        nbclient's CellExecutionError when a cell fails (cells tagged ``raises-exception``
+        may fail).
     """
+    import nbformat
     from nbclient import NotebookClient
 
+    start = time.perf_counter()
     nb = nbformat.read(path, as_version=4)
     NotebookClient(
         nb,
@@ -42,61 +53,45 @@ def execute_notebook(path: Path, timeout: int = 600) -> nbformat.NotebookNode:
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
     ).execute()
-    return nb
-
-
-def _title(nb: dict, fallback: str) -> str:
-    title = nb.get("metadata", {}).get("course", {}).get("title")
-    if title:
-        return title
-    for cell in nb.get("cells", []):
-        if cell["cell_type"] == "markdown":
-            m = re.search(r"^#\s+(.+)$", "".join(cell["source"]), re.M)
-            if m:
-                return m.group(1).strip()
-    return fallback
-
-
-def render_page(nb: nbformat.NotebookNode, names: list[str]) -> str:
-    """HTML of one executed notebook, images embedded, lesson links pointing at .html pages."""
-    from nbconvert import HTMLExporter
-
-    # with saved widget state nbconvert would embed live widgets, which render nothing
-    # without a kernel; dropping it makes each widget fall back to its static image
     nb.metadata.pop("widgets", None)
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
-    exporter.mathjax_url = _MATHJAX_URL
-    body, _ = exporter.from_notebook_node(nb)
-    # require.js only serves live widgets, which a static page shows as images: drop the
-    # only remote script so the page loads nothing from the network
-    body = re.sub(r'<script src="https?://[^"]*require[^"]*"></script>', "", body)
-    for name in names:
-        stem = name[: -len(".ipynb")]
-        body = body.replace(f'href="{name}"', f'href="{stem}.html"')
-    return body
+    nbformat.write(nb, dest)
+    return time.perf_counter() - start
 
 
-def _index(entries: list[tuple[str, str, str, float]]) -> str:
-    rows = "\n".join(
-        f'<li><a href="{html.escape(page)}">{html.escape(lesson)} · {html.escape(title)}</a>'
-        f' <span class="t">({secs:.0f} s to run)</span></li>'
-        for lesson, title, page, secs in entries
+def _index(stems: list[str], partial: bool) -> str:
+    today = time.strftime("%Y-%m-%d")
+    note = (
+        "\nThis build holds only some of the lessons; links to the others do not lead anywhere.\n"
+        if partial
+        else ""
     )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Normalization in deep learning: the course</title>
-<style>body{{font-family:sans-serif;max-width:46em;margin:2em auto;line-height:1.5}}
-.t{{color:#57606a;font-size:90%}}</style></head>
-<body><h1>Normalization in deep learning</h1>
-<p>The static edition of the course: every lesson with its exercises solved, executed on
-{time.strftime("%Y-%m-%d")}. Read it without running anything; to run and vary the experiments,
-open the notebooks in JupyterLab (see the course's README).</p>
-<ol start="0">
-{rows}
-</ol>
-<p class="t">MNIST: Yann LeCun, Corinna Cortes and Christopher J.C. Burges, CC BY-SA 3.0.</p>
-</body></html>
+    return f"""# Normalization in deep learning
+
+The static edition of the course: every lesson with its exercises solved and every cell run, on
+{today}. Read it without running anything; to run the code, change the experiments and do the
+exercises yourself, open the notebooks in JupyterLab (see the course's README).
+{note}
+```{{toctree}}
+:maxdepth: 1
+:caption: Lessons
+
+{chr(10).join(stems)}
+```
+
+The embedded data: the MNIST database of handwritten digits (Yann LeCun, Corinna Cortes and
+Christopher J.C. Burges), under Creative Commons Attribution-Share Alike 3.0.
 """
+
+
+def _prepare_out(out: Path) -> None:
+    """Empty ``out`` if it holds an earlier build; refuse any other non-empty folder."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / ".buildinfo").exists():
+        raise StaticBuildError(
+            f"{out} is not empty and is not an earlier static edition: choose another --out"
+        )
+    shutil.rmtree(out)
 
 
 def build_site(
@@ -104,41 +99,59 @@ def build_site(
     solutions: Path = ROOT / "solutions",
     only: list[str] | None = None,
     timeout: int = 600,
+    jobs: int = 1,
     quiet: bool = False,
 ) -> list[Path]:
-    """Execute and render the solution notebooks into ``out``; returns the pages written.
+    """Execute the solution notebooks and render them into ``out`` as a Sphinx site.
 
     Args:
         only: lesson numbers to include (default: all), e.g. ["00", "03"].
+        timeout: seconds per cell.
+        jobs: notebooks executed at once (more is faster, but the lessons' timing claims
+            are measured on a quiet machine: keep 1 on a busy one).
+    Returns:
+        The pages written: ``out/index.html``, then one ``out/NN_name.html`` per lesson.
+    Raises:
+        StaticBuildError: a notebook failed to run, Sphinx failed, or ``out`` is a folder
+            that is not an earlier build.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    import jupyter_server_mathjax
+    from sphinx.cmd.build import build_main
 
-    mathjax = Path(jupyter_server_mathjax.__file__).parent / "static"
-    if not (out / "mathjax").exists():
-        shutil.copytree(mathjax, out / "mathjax")
     paths = sorted(solutions.glob("*.ipynb"))
-    names = [p.name for p in paths]
     if only:
         wanted = {f"{int(n):02d}" for n in only}
         paths = [p for p in paths if p.name[:2] in wanted]
-    entries, pages = [], []
-    for path in paths:
-        t = time.perf_counter()
-        nb = execute_notebook(path, timeout)
-        secs = time.perf_counter() - t
-        page = out / (path.stem + ".html")
-        page.write_text(render_page(nb, names), encoding="utf-8")
-        lesson = nb.metadata.get("course", {}).get("lesson", path.name[:2])
-        entries.append(
-            (lesson, _title(json.loads(nbformat.writes(nb)), path.stem), page.name, secs)
+    if not paths:
+        raise StaticBuildError(f"no solution notebooks to build in {solutions}")
+    out = out.resolve()
+    _prepare_out(out)
+    with tempfile.TemporaryDirectory(prefix="course-static-") as tmp:
+        src = Path(tmp) / "source"
+        src.mkdir()
+        ctx = multiprocessing.get_context("spawn")  # fresh processes: nothing inherited
+        with concurrent.futures.ProcessPoolExecutor(max(1, jobs), mp_context=ctx) as pool:
+            futures = {p: pool.submit(execute_notebook, p, src / p.name, timeout) for p in paths}
+            for path, future in futures.items():
+                try:
+                    secs = future.result()
+                except Exception as e:  # the notebook's own error, named, without colours
+                    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+                    raise StaticBuildError(f"{path.name} failed to run:\n{text}") from None
+                if not quiet:
+                    print(f"{path.name}: executed in {secs:.1f} s", flush=True)
+        partial = len(paths) < len(list(solutions.glob("*.ipynb")))
+        (src / "index.md").write_text(_index([p.stem for p in paths], partial), encoding="utf-8")
+        (src / "conf.py").write_text(
+            "from course_utils.static_conf import *  # noqa: F403\n"
+            + ('suppress_warnings = ["myst.xref_missing"]\n' if partial else ""),
+            encoding="utf-8",
         )
-        pages.append(page)
-        if not quiet:
-            print(f"{page.name}: executed in {secs:.1f} s")
-    (out / "index.html").write_text(_index(entries), encoding="utf-8")
-    pages.insert(0, out / "index.html")
-    return pages
+        args = ["-b", "html", "-E", "-d", str(Path(tmp) / "doctrees"), str(src), str(out)]
+        if quiet:
+            args.insert(0, "-q")
+        if build_main(args) != 0:
+            raise StaticBuildError("Sphinx could not build the site (its messages are above)")
+    return [out / "index.html"] + [out / f"{p.stem}.html" for p in paths]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "site")
     parser.add_argument("--only", nargs="*", help="lesson numbers to include (default: all)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="notebooks executed at once (default 1: timing claims)"
+    )
     args = parser.parse_args(argv)
-    pages = build_site(args.out, only=args.only, timeout=args.timeout)
+    try:
+        pages = build_site(args.out, only=args.only, timeout=args.timeout, jobs=args.jobs)
+    except StaticBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"open {pages[0]} in a browser ({len(pages) - 1} lessons)")
     return 0
 

@@ -8,6 +8,7 @@ wrong type all become a verdict), so it cannot stop the kernel; only an interrup
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import linecache
 import sys
@@ -30,6 +31,7 @@ __all__ = [
     "reset_hints",
     "describe_exception",
     "VISIBLE_SEED",
+    "assert_passes",
 ]
 
 VISIBLE_SEED = 1234
@@ -237,3 +239,46 @@ def reset_hints(exercise_id: str | None = None) -> None:
         _hints_shown.clear()
     else:
         _hints_shown.pop(exercise_id, None)
+
+
+def assert_passes(exercise_id: str, obj: Any, hidden_seed: int | None = None) -> Verdict:
+    """:func:`check` for autograders (nbgrader's test cells): raises unless the tests pass.
+
+    Shows a passing verdict like :func:`check`; otherwise raises ``AssertionError`` carrying
+    the verdict, so an autograder that scores a test cell by whether it raises gives a wrong
+    or unfinished answer no points.
+
+    Args:
+        exercise_id: for example ``"03.batch_norm_forward"``.
+        obj: the learner's function or class.
+        hidden_seed: None runs the visible tests; an int runs the hidden tests instead, the
+            same ones ``python -m course_utils.grade --seed hidden_seed`` draws.
+    Returns:
+        The passing :class:`Verdict`.
+    Raises:
+        AssertionError: the exercise did not pass (or the id is unknown).
+    """
+    try:
+        ex = get_exercise(exercise_id)
+    except KeyError as e:
+        raise AssertionError(str(e.args[0])) from None
+    if hidden_seed is None:
+        verdict = verify(ex, obj)
+    else:
+        from ..grading.grader import make_task  # the grader's one derivation of hidden cases
+
+        cases = [case for _, case, hidden in make_task(ex, hidden_seed).cases if hidden]
+        verdict = verify(dataclasses.replace(ex, cases=lambda rng, hidden: cases), obj)
+        message = (
+            f"all {len(cases)} hidden tests pass"
+            if verdict.passed
+            else f"hidden {verdict.message}"
+            if verdict.status == "failed"
+            else verdict.message
+        )
+        verdict = Verdict(ex.id, verdict.status, message)
+    if not verdict.passed:
+        raise AssertionError(str(verdict))  # the error shows the verdict: no display too
+    _show(verdict)
+    verdict._shown = True  # type: ignore[attr-defined]
+    return verdict

@@ -35,7 +35,8 @@ def _dotted_name(filename: str, code: CodeType) -> str:
         module = ".".join(rel.parts)
     except ValueError:
         module = Path(filename).stem
-    return f"{module}.{code.co_qualname}"
+    # co_qualname is Python 3.11+; on 3.10 a method is named without its class
+    return f"{module}.{getattr(code, 'co_qualname', code.co_name)}"
 
 
 def _is_learner(frame: FrameType | None) -> bool:
@@ -101,12 +102,14 @@ class CallTrap:
             cls = getattr(nn, name, None)
             if isinstance(cls, type):
                 for meth in ("__init__", "forward"):
-                    code = getattr(getattr(cls, meth, None), "__code__", None)
+                    fn = getattr(cls, meth, None)
+                    code = getattr(fn, "__code__", None)
                     if code is None or not code.co_filename.startswith(torch_dir):
                         continue
                     # _BatchNorm.__init__ is shared by BatchNorm1d/2d/3d: name the class
-                    # only when the code is its own.
-                    own = code.co_qualname.split(".")[0] == name
+                    # only when the code is its own (the function's __qualname__: the code's
+                    # co_qualname is Python 3.11+).
+                    own = fn.__qualname__.split(".")[0] == name
                     label = f"torch.nn.{name}" if own else "a torch.nn normalization module"
                     self._codes[code] = label
 
