@@ -66,7 +66,8 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (see .ci/browser-deps)"
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} is missing (see .ci/browser-deps, or set COURSE_CHROMIUM)",
     ),
 ]
 

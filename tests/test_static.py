@@ -16,9 +16,10 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from course_utils.static import StaticBuildError, build_site
+from course_utils.widgets.browser import CHROMIUM as BROWSER_BINARY
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = str(BROWSER_BINARY)
 ONLY = os.environ.get("COURSE_STATIC_ONLY", "00 01 05").split()
 ONLY = None if ONLY == ["all"] else ONLY
 

@@ -33,7 +33,8 @@ import numpy as np
 
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "Lab", "open_page", "run_notebook", "Probe"]
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's Chromium, or the Chromium / Chrome binary COURSE_CHROMIUM names (e.g. on macOS)
+CHROMIUM = Path(os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
