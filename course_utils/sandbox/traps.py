@@ -63,6 +63,8 @@ def _trusted_dirs() -> tuple[str, ...]:
 
 
 _TRUSTED = _trusted_dirs()
+# Captured at import, before any learner code: replacing sys.setprofile later changes nothing.
+_setprofile, _getprofile, _thread_setprofile = sys.setprofile, sys.getprofile, threading.setprofile
 
 
 def trust(files: Iterable[str]) -> None:
@@ -252,18 +254,17 @@ class CallTrap:
         """Record calls for the duration of the block (the learner's object runs in it)."""
         self.calls = {}
         self.tampered = False
-        old = sys.getprofile()
-        sys.setprofile(self._hook)
-        threading.setprofile(self._hook)
+        _setprofile(self._hook)
+        _thread_setprofile(self._hook)
         self._armed = True
         try:
             yield
         finally:
             self._armed = False
-            if sys.getprofile() is not self._hook:
+            if _getprofile() is not self._hook:
                 self.tampered = True
-            sys.setprofile(old)
-            threading.setprofile(None)  # type: ignore[arg-type]
+            _setprofile(None)
+            _thread_setprofile(None)  # type: ignore[arg-type]
 
 
 def _guarded_objects() -> list[tuple[str, Any]]:
