@@ -465,7 +465,7 @@ def test_one_exercise_never_costs_another_its_points(tmp_path, capfd):
     assert len(out) + len(err) < 10_000  # learner prints never reach the grader's output
 
 
-def test_same_submissions_same_scores_and_files_untouched(tmp_path):
+def test_same_submissions_same_scores_with_one_or_two_workers_and_files_untouched(tmp_path):
     variants = _l99_variants()
     for name in ("solved", "b_no_update", "a_syntax"):
         path = _write(tmp_path, name, variants[name][0])
@@ -473,7 +473,11 @@ def test_same_submissions_same_scores_and_files_untouched(tmp_path):
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
     first = [r.to_dict() for r in grade([tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG)]
     second = [r.to_dict() for r in grade([tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG)]
-    assert first == second
+    one_worker = [
+        r.to_dict()
+        for r in grade([tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG, workers=1)
+    ]
+    assert first == second == one_worker
     assert [r["score"] for r in first] == [3, 2, 5]  # a_syntax, b_no_update, solved
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()} == before
 
@@ -687,7 +691,9 @@ def test_only_the_learners_own_calls_to_torch_normalization_count(tmp_path):
         "gaming",
         notebook("    bn(torch.ones(2, 3))\n    return bn.running_mean.detach().numpy()\n"),
     )
-    results = {r.path: r for r in grade([tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG98)}
+    results = {
+        r.path: r for r in grade([tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG98)
+    }
     assert results[str(honest)].score == 1, results[str(honest)].to_dict()
     feedback = results[str(gaming)].exercises[0].feedback
     assert results[str(gaming)].score == 0 and "calls" in feedback and "batch_norm" in feedback

@@ -21,6 +21,7 @@ import pickle
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -83,15 +84,68 @@ def _attack(lesson: str, exercise_id: str, source: str, setup: str = "") -> dict
 
 def _late_setup(lesson: str, exercise_id: str, setup_source: str) -> dict:
     """The solved notebook's exercise cell, then a setup-tagged cell after it."""
-    nb = _attack(lesson, exercise_id, "".join(_solved(lesson)["cells"][_exercise_cell(_solved(lesson), exercise_id)]["source"]))
-    nb["cells"].append(
-        {"cell_type": "code", "metadata": {"tags": ["setup"]}, "source": setup_source, "outputs": [], "execution_count": None}
-    )
+    solved = _solved(lesson)
+    source = solved["cells"][_exercise_cell(solved, exercise_id)]["source"]
+    nb = _attack(lesson, exercise_id, "".join(source))
+    cell = {"cell_type": "code", "metadata": {"tags": ["setup"]}, "source": setup_source}
+    nb["cells"].append({**cell, "outputs": [], "execution_count": None})
     return nb
 
 
 STD = "00.standardize_columns"
-SIG = "def standardize_columns(x, eps=1e-5):\n"
+MISSING = r"(ModuleNotFoundError|ImportError|cannot import|No module)"
+# Finds the child's channel to the grader, to forge messages on it.
+FORGE = """
+import os, time
+from course_utils.sandbox import wire
+
+def _channel():
+    for fd in sorted(int(n) for n in os.listdir("/proc/self/fd")):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                return fd
+        except OSError:
+            pass
+"""
+EXEC_DEFINED = '''
+exec("""
+def standardize_columns(x, eps=1e-5):
+    import torch
+    t = torch.as_tensor(x, dtype=torch.float64)
+    return torch.batch_norm(t, None, None, None, None, True, 0.1, eps, False).numpy()
+""")
+'''
+HAND_BACKWARD = """
+import torch
+
+def batch_norm_backward{simple}(dout, x, gamma, eps=1e-5):
+    t = torch.tensor(x, requires_grad=True)
+    g = torch.tensor(gamma, requires_grad=True)
+    b = torch.zeros_like(g, requires_grad=True)
+    y = (t - t.mean(0)) / torch.sqrt(t.var(0, unbiased=False) + eps) * g + b
+    {how}
+    return t.grad.numpy(), g.grad.numpy(), b.grad.numpy()
+"""
+BATCH_NORM = """
+t = torch.as_tensor(x, dtype=torch.float64)
+bn = getattr(torch.nn.functional, "batch" + "_norm")  # out of the static scan's sight
+return bn(t, None, None, training=True, eps=eps).numpy()
+"""
+FILL = """
+with open({path!r}, "wb") as f:
+    for _ in range(4096):
+        f.write(b"\\0" * 2**20)
+"""
+
+
+def _std(body: str, head: str = "") -> dict:
+    """A lesson-00 submission whose standardize_columns runs ``body``."""
+    src = textwrap.dedent(head) + "\ndef standardize_columns(x, eps=1e-5):\n"
+    return _attack("00", STD, src + textwrap.indent(textwrap.dedent(body).strip() + "\n", "    "))
+
+
+def _cell(lesson: str, exercise: str, source: str, setup: str = "") -> dict:
+    return _attack(lesson, exercise, textwrap.dedent(source), setup)
 
 
 def _answer_pickle() -> str:
@@ -101,344 +155,473 @@ def _answer_pickle() -> str:
     return base64.b64encode(pickle.dumps(standardize_columns)).decode()
 
 
-def _attackers() -> dict[str, tuple[dict | str | bytes, str, str]]:
-    """name -> (notebook, exercise attacked, regex its feedback must match)."""
-    out: dict[str, tuple[dict | str | bytes, str, str]] = {}
+def _reaching_the_answers() -> dict[str, tuple]:
+    return {
+        "exec_import": (
+            _cell("00", STD, "exec('from course_utils.' + 'answers.lesson00 import *')"),
+            STD,
+            MISSING,
+        ),
+        "importlib_runtime_string": (
+            _std(
+                """
+                m = importlib.import_module("course_utils." + "ans" + "wers.lesson00")
+                return m.standardize_columns(x, eps)
+                """,
+                "import importlib",
+            ),
+            STD,
+            MISSING,
+        ),
+        "reference_by_importlib": (
+            _std(
+                """
+                F = importlib.import_module("course_utils.refer" + "ence.functional")
+                return F.batch_norm(x, None, None, training=True, eps=eps)
+                """,
+                "import importlib",
+            ),
+            STD,
+            MISSING,
+        ),
+        "pickle_loads": (
+            _std(
+                "return _f(x, eps)",
+                f"import base64, pickle\n_f = pickle.loads(base64.b64decode('{_answer_pickle()}'))",
+            ),
+            STD,
+            MISSING,
+        ),
+        "getattr_exercises_reference": (
+            _std(
+                """
+                ex = getattr(cu, "exer" + "cises").get_exercise("00.standardize_columns")
+                return ex.reference()(x, eps)
+                """,
+                "import course_utils as cu",
+            ),
+            STD,
+            MISSING,
+        ),
+        "getattr_lesson_module_helper": (  # a judge's helper that computes the answer
+            _cell(
+                "03",
+                "03.batch_norm_forward",
+                """
+                import course_utils as cu
 
-    def add(name, nb, ex, reason):
-        out[name] = (nb, ex, reason)
-
-    # -- reaching for the answers -------------------------------------------------------------
-    missing = r"(ModuleNotFoundError|ImportError|cannot import|No module)"
-    add("exec_import", _attack("00", STD, "exec('from course_utils.answers.lesson00 import standardize_columns')\n"), STD, missing)
-    add(
-        "importlib_runtime_string",
-        _attack("00", STD, "import importlib\n" + SIG + "    m = importlib.import_module('course_utils.' + 'ans' + 'wers.lesson00')\n    return m.standardize_columns(x, eps)\n"),
-        STD,
-        missing,
-    )
-    add(
-        "reference_by_importlib",
-        _attack("00", STD, "import importlib\n" + SIG + "    F = importlib.import_module('course_utils.refer' + 'ence.functional')\n    return F.batch_norm(x, None, None, training=True, eps=eps)\n"),
-        STD,
-        missing,
-    )
-    add(
-        "pickle_loads",
-        _attack("00", STD, f"import base64, pickle\n_f = pickle.loads(base64.b64decode('{_answer_pickle()}'))\n" + SIG + "    return _f(x, eps)\n"),
-        STD,
-        missing,
-    )
-    add(
-        "getattr_exercises_reference",
-        _attack("00", STD, "import course_utils as cu\n" + SIG + "    ex = getattr(cu, 'exer' + 'cises').get_exercise('00.standardize_columns')\n    return ex.reference()(x, eps)\n"),
-        STD,
-        missing,
-    )
-    add(
-        "getattr_lesson_module_helper",  # a judge's helper that computes the answer
-        _attack(
-            "03",
+                def batch_norm_forward(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
+                    lesson = getattr(getattr(cu, "exer" + "cises"), "less" + "on03")
+                    variant = getattr(lesson, "_forward" + "_variant")()
+                    return variant(x, gamma, beta, rm, rv, training, momentum, eps)
+                """,
+            ),
             "03.batch_norm_forward",
-            "import course_utils as cu\n"
-            "def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):\n"
-            "    lesson = getattr(getattr(cu, 'exer' + 'cises'), 'less' + 'on03')\n"
-            "    return getattr(lesson, '_forward' + '_variant')()(x, gamma, beta, running_mean, running_var, training, momentum, eps)\n",
+            r"calls course_utils\.exercises\.lesson03\.",
         ),
-        "03.batch_norm_forward",
-        r"calls course_utils\.exercises\.lesson03\.",
-    )
-    add(
-        "late_setup_cell",
-        _late_setup("00", STD, "import numpy as np\nstandardize_columns = lambda x, eps=1e-5: np.zeros_like(x)\n"),
-        STD,
-        r"a setup cell .* defines `standardize_columns`",
-    )
-    add(
-        "gc_get_objects",
-        _attack(
-            "00",
+        "late_setup_cell": (
+            _late_setup("00", STD, "standardize_columns = lambda x, eps=1e-5: x\n"),
             STD,
-            "import gc\n"
-            "_found = [o for o in gc.get_objects() if type(o).__name__ in ('ExpectedCache', 'Submission', 'Job', 'Task')]\n"
-            "_funcs = [o for o in gc.get_objects() if callable(o) and getattr(o, '__name__', '') == 'standardize_columns' and getattr(o, '__module__', '') != '__main__']\n"
-            + SIG
-            + "    if _found or _funcs:\n        return _funcs[0](x, eps) if _funcs else None\n    raise LookupError('nothing to steal')\n",
+            r"a setup cell .* defines `standardize_columns`",
         ),
-        STD,
-        r"raised LookupError: nothing to steal",
-    )
-    add(
-        "frame_f_locals",
-        _attack(
-            "00",
+        "gc_get_objects": (
+            _std(
+                """
+                names = ("ExpectedCache", "Submission", "Job", "Task")
+                loot = [o for o in gc.get_objects() if type(o).__name__ in names]
+                loot += [
+                    o for o in gc.get_objects()
+                    if callable(o) and getattr(o, "__name__", "") == "standardize_columns"
+                    and getattr(o, "__module__", "") != "__main__"
+                ]
+                raise LookupError(f"found {len(loot)} things to steal")
+                """,
+                "import gc",
+            ),
             STD,
-            "import sys\n" + SIG + "    f, seen = sys._getframe(1), []\n"
-            "    while f is not None:\n"
-            "        seen += [k for k in f.f_locals if k in ('expected', 'cache', 'answer', 'reference', 'job', 'results')]\n"
-            "        f = f.f_back\n"
-            "    raise LookupError(f'frames hold {seen}')\n",
+            r"raised LookupError: found 0 things to steal",
         ),
-        STD,
-        r"raised LookupError: frames hold \[\]",
-    )
-    add(
-        "read_solutions_on_disk",
-        _attack(
-            "00",
+        "frame_f_locals": (
+            _std(
+                """
+                f, seen = sys._getframe(1), []
+                wanted = ("expected", "cache", "answer", "reference", "job", "results", "seed")
+                while f is not None:
+                    seen += [k for k in f.f_locals if k in wanted]
+                    f = f.f_back
+                raise LookupError(f"frames hold {seen}")
+                """,
+                "import sys",
+            ),
             STD,
-            "import json, pathlib, course_utils\n"
-            "_nb = json.loads((pathlib.Path(course_utils.__file__).parents[1] / 'solutions' / '00_start_here.ipynb').read_text())\n",
+            r"raised LookupError: frames hold \[\]",
         ),
-        STD,
-        r"FileNotFoundError",
-    )
-    add(
-        "read_answers_source",
-        _attack(
-            "00",
+        "read_solutions_on_disk": (
+            _cell(
+                "00",
+                STD,
+                """
+                import json, pathlib, course_utils
+                root = pathlib.Path(course_utils.__file__).parents[1]
+                nb = json.loads((root / "solutions" / "00_start_here.ipynb").read_text())
+                """,
+            ),
             STD,
-            "import pathlib, course_utils\n"
-            "exec((pathlib.Path(course_utils.__file__).parent / 'answers' / 'lesson00.py').read_text())\n",
+            r"FileNotFoundError",
         ),
-        STD,
-        r"FileNotFoundError",
-    )
-    add(
-        "answers_from_experiments_01",
-        _attack("01", "01.Standardizer", "from course_utils.experiments.scaling import Standardizer\n"),
-        "01.Standardizer",
-        missing,
-    )
-    add(
-        "answers_from_experiments_02",
-        _attack("02", "02.activation_stats", "from course_utils.experiments import covariate_shift as C\nactivation_stats = C.activation_stats\n"),
-        "02.activation_stats",
-        missing,
-    )
-    add(
-        "capstone_held_out_data",  # train on the test images: they are not in the sandbox
-        _attack("08", "08.capstone_accuracy", "import course_utils as cu\ndef train_fixed(data, seed):\n    full = cu.load_mnist('raw')\n    return full\n"),
-        "08.capstone_accuracy",
-        r"(FileNotFoundError|OSError|No such file|cannot|MNIST)",
-    )
-    add(
-        "capstone_custom_module",  # outside the whitelist: its forward would run in the grader
-        _attack(
-            "08",
+        "read_answers_source": (
+            _cell(
+                "00",
+                STD,
+                """
+                import pathlib, course_utils
+                here = pathlib.Path(course_utils.__file__).parent
+                exec((here / "answers" / "lesson00.py").read_text())
+                """,
+            ),
+            STD,
+            r"FileNotFoundError",
+        ),
+        "answers_from_experiments_01": (
+            _cell(
+                "01", "01.Standardizer", "from course_utils.experiments.scaling import Standardizer"
+            ),
+            "01.Standardizer",
+            MISSING,
+        ),
+        "answers_from_experiments_02": (
+            _cell(
+                "02",
+                "02.activation_stats",
+                "from course_utils.experiments import covariate_shift as C\n"
+                "activation_stats = C.activation_stats\n",
+            ),
+            "02.activation_stats",
+            MISSING,
+        ),
+        "capstone_held_out_data": (  # train on the test images: they are not in the sandbox
+            _cell(
+                "08",
+                "08.capstone_accuracy",
+                """
+                import course_utils as cu
+
+                def train_fixed(data, seed):
+                    return cu.load_mnist("raw")
+                """,
+            ),
             "08.capstone_accuracy",
-            "import torch\nfrom torch import nn\nclass Cheat(nn.Module):\n    def forward(self, x):\n        return torch.zeros(len(x), 10)\n"
-            "def train_fixed(data, seed):\n    return Cheat().eval()\n",
+            r"is corrupt|FileNotFoundError",
         ),
-        "08.capstone_accuracy",
-        r"not an nn\.Sequential; build the model as nn\.Sequential\(\.\.\.\) of",
-    )
+        "capstone_custom_module": (  # outside the whitelist: its forward would run in the grader
+            _cell(
+                "08",
+                "08.capstone_accuracy",
+                """
+                import torch
+                from torch import nn
 
-    # -- the child reporting on itself ----------------------------------------------------------
-    forge = (
-        "import os\nfrom course_utils.sandbox import wire\n"
-        "def _channel():\n"
-        "    for fd in sorted(int(n) for n in os.listdir('/proc/self/fd')):\n"
-        "        try:\n"
-        "            if os.readlink(f'/proc/self/fd/{fd}').startswith('socket:'):\n"
-        "                return fd\n"
-        "        except OSError:\n"
-        "            pass\n"
-    )
-    add(
-        "forged_result_frame",
-        _attack("00", STD, forge + SIG + "    wire.send_frame(_channel(), wire.encode(('case_done', 1, ('ok', 0.0), [], [], False)))\n    import time\n    time.sleep(30)\n"),
-        STD,
-        r"sent back something the grader cannot accept",
-    )
-    add(
-        "garbage_frame",
-        _attack("00", STD, forge + SIG + "    os.write(_channel(), b'\\x00\\x00\\x00\\x05' + b'\\xff' * 5)\n    import time\n    time.sleep(30)\n"),
-        STD,
-        r"sent back something the grader cannot accept",
-    )
-    add(
-        "forged_cell_messages_to_extend_time",
-        _attack(
-            "00",
-            STD,
-            forge + SIG + "    import time\n    while True:\n"
-            "        wire.send_frame(_channel(), wire.encode(('cell_done', 1, None, [])))\n"
-            "        time.sleep(0.2)\n",
-        ),
-        STD,
-        r"sent back something the grader cannot accept|time limit",
-    )
-    add(
-        "switch_off_trap_setprofile",
-        _attack("00", STD, "import sys, torch\n" + SIG + "    sys.setprofile(None)\n    t = torch.as_tensor(x, dtype=torch.float64)\n    return torch.nn.functional.batch_norm(t, None, None, training=True, eps=eps).numpy()\n"),
-        STD,
-        r"switches off the grader's call trap|calls torch\.nn\.functional\.batch_norm",
-    )
-    add(
-        "replace_call_trap_armed",
-        _attack(
-            "00",
-            STD,
-            "import contextlib, torch\nfrom course_utils.sandbox import traps\n"
-            "traps.CallTrap.armed = lambda self: contextlib.nullcontext()\n"
-            + SIG
-            + "    t = torch.as_tensor(x, dtype=torch.float64)\n    return torch.nn.functional.batch_norm(t, None, None, training=True, eps=eps).numpy()\n",
-        ),
-        STD,
-        r"calls torch\.nn\.functional\.batch_norm",
-    )
+                class Cheat(nn.Module):
+                    def forward(self, x):
+                        return torch.zeros(len(x), 10)
 
-    # -- torch's kernels by another name ---------------------------------------------------------
-    add(
-        "aten_native_batch_norm",
-        _attack("00", STD, "import torch\n" + SIG + "    t = torch.as_tensor(x, dtype=torch.float64)\n    return torch.ops.aten.native_batch_norm(t, None, None, None, None, True, 0.1, eps)[0].numpy()\n"),
-        STD,
-        r"calls torch\.ops\.aten\.native_batch_norm",
-    )
-    add(
-        "aten_overload_default_via_getattr",
-        _attack("00", STD, "import torch\n" + SIG + "    op = getattr(getattr(torch.ops.aten, 'native_' + 'batch_norm'), 'default')\n    t = torch.as_tensor(x, dtype=torch.float64)\n    return op(t, None, None, None, None, True, 0.1, eps)[0].numpy()\n"),
-        STD,
-        r"calls torch\.ops\.aten\.native_batch_norm",
-    )
-    add(
-        "torch_C_variable_functions",
-        _attack("05", "05.layer_norm_forward", "import torch\ndef layer_norm_forward(x, gamma, beta, eps=1e-5):\n    fn = getattr(torch._C._VariableFunctions, 'native_' + 'layer_norm')\n    t = torch.as_tensor(x, dtype=torch.float64)\n    return fn(t, (t.shape[-1],), torch.as_tensor(gamma), torch.as_tensor(beta), eps)[0].numpy()\n"),
-        "05.layer_norm_forward",
-        r"calls torch\._C\._VariableFunctions\.native_layer_norm|calls torch\.native_layer_norm",
-    )
-    add(
-        "exec_defined_function",  # the forbidden call sits in code made with exec
-        _attack("00", STD, "exec(\"def standardize_columns(x, eps=1e-5):\\n    import torch\\n    t = torch.as_tensor(x, dtype=torch.float64)\\n    return torch.batch_norm(t, None, None, None, None, True, 0.1, eps, False).numpy()\\n\")\n"),
-        STD,
-        r"calls torch\.batch_norm",
-    )
-    add(
-        "backward_kernel_aten",
-        _attack(
-            "03",
-            "03.batch_norm_backward",
-            "import torch\ndef batch_norm_backward(dout, x, gamma, eps=1e-5):\n"
-            "    t, g, d = (torch.as_tensor(a, dtype=torch.float64) for a in (x, gamma, dout))\n"
-            "    _, mean, invstd = torch.ops.aten.native_batch_norm(t, g, None, None, None, True, 0.1, eps)\n"
-            "    op = torch.ops.aten.native_batch_norm_backward\n"
-            "    dx, dg, db = op(d, t, g, None, None, mean, invstd, True, eps, [True, True, True])\n"
-            "    return dx.numpy(), dg.numpy(), db.numpy()\n",
+                def train_fixed(data, seed):
+                    return Cheat().eval()
+                """,
+            ),
+            "08.capstone_accuracy",
+            r"not an nn\.Sequential; build the model as nn\.Sequential\(\.\.\.\) of",
         ),
-        "03.batch_norm_backward",
-        r"calls torch\.ops\.aten\.native_batch_norm",
-    )
-    add(
-        "autograd_in_hand_backward",  # y.backward(dout), hidden from the static scan
-        _attack(
-            "03",
-            "03.batch_norm_backward",
-            "import torch\ndef batch_norm_backward(dout, x, gamma, eps=1e-5):\n"
-            "    t = torch.tensor(x, requires_grad=True)\n    g = torch.tensor(gamma, requires_grad=True)\n    b = torch.zeros_like(g, requires_grad=True)\n"
-            "    y = (t - t.mean(0)) / torch.sqrt(t.var(0, unbiased=False) + eps) * g + b\n"
-            "    getattr(y, 'back' + 'ward')(torch.as_tensor(dout))\n"
-            "    return t.grad.numpy(), g.grad.numpy(), b.grad.numpy()\n",
+    }
+
+
+def _reporting_on_itself() -> dict[str, tuple]:
+    return {
+        "forged_result_frame": (
+            _std(
+                """
+                reply = ("case_done", 999, ("ok", 0.0), [], [], False)
+                wire.send_frame(_channel(), wire.encode(reply))
+                time.sleep(30)
+                """,
+                FORGE,
+            ),
+            STD,
+            r"sent back something the grader cannot accept",
         ),
-        "03.batch_norm_backward",
-        r"calls torch\.(Tensor\.backward|autograd)",
-    )
-    add(
-        "autograd_grad_simple",
-        _attack(
-            "03",
+        "garbage_frame": (
+            _std(
+                "os.write(_channel(), b'\\x00\\x00\\x00\\x05' + b'\\xff' * 5)\ntime.sleep(30)",
+                FORGE,
+            ),
+            STD,
+            r"sent back something the grader cannot accept",
+        ),
+        "forged_cell_messages_to_extend_time": (
+            _std(
+                """
+                while True:
+                    wire.send_frame(_channel(), wire.encode(("cell_done", 1, None, [])))
+                    time.sleep(0.2)
+                """,
+                FORGE,
+            ),
+            STD,
+            r"sent back something the grader cannot accept",
+        ),
+        "switch_off_trap_setprofile": (
+            _std("sys.setprofile(None)\n" + BATCH_NORM, "import sys, torch"),
+            STD,
+            r"switches off the grader's call trap|calls torch\.nn\.functional\.batch_norm",
+        ),
+        "replace_call_trap_armed": (
+            _std(
+                BATCH_NORM,
+                """
+                import contextlib, torch
+                from course_utils.sandbox import traps
+                traps.CallTrap.armed = lambda self: contextlib.nullcontext()
+                """,
+            ),
+            STD,
+            r"calls torch\.nn\.functional\.batch_norm",
+        ),
+    }
+
+
+def _kernels_by_another_name() -> dict[str, tuple]:
+    return {
+        "aten_native_batch_norm": (
+            _std(
+                """
+                t = torch.as_tensor(x, dtype=torch.float64)
+                out = torch.ops.aten.native_batch_norm(t, None, None, None, None, True, 0.1, eps)
+                return out[0].numpy()
+                """,
+                "import torch",
+            ),
+            STD,
+            r"(calls |uses `)torch\.ops\.aten\.native_batch_norm",
+        ),
+        "aten_overload_via_getattr": (
+            _std(
+                """
+                op = getattr(getattr(torch.ops.aten, "native_" + "batch_norm"), "default")
+                t = torch.as_tensor(x, dtype=torch.float64)
+                return op(t, None, None, None, None, True, 0.1, eps)[0].numpy()
+                """,
+                "import torch",
+            ),
+            STD,
+            r"calls torch\.ops\.aten\.native_batch_norm",
+        ),
+        "torch_C_variable_functions": (
+            _cell(
+                "05",
+                "05.layer_norm_forward",
+                """
+                import torch
+
+                def layer_norm_forward(x, gamma, beta, eps=1e-5):
+                    fn = getattr(torch._C._VariableFunctions, "native_" + "layer_norm")
+                    t = torch.as_tensor(x, dtype=torch.float64)
+                    g, b = torch.as_tensor(gamma), torch.as_tensor(beta)
+                    return fn(t, (t.shape[-1],), g, b, eps)[0].numpy()
+                """,
+            ),
+            "05.layer_norm_forward",
+            r"calls torch\.(_C\._VariableFunctions\.)?native_layer_norm",
+        ),
+        "exec_defined_function": (  # the forbidden call sits in code made with exec
+            _cell("00", STD, EXEC_DEFINED),
+            STD,
+            r"calls torch\.batch_norm",
+        ),
+        "backward_kernel_aten": (
+            _cell(
+                "03",
+                "03.batch_norm_backward",
+                """
+                import torch
+
+                def batch_norm_backward(dout, x, gamma, eps=1e-5):
+                    t, g, d = (torch.as_tensor(a, dtype=torch.float64) for a in (x, gamma, dout))
+                    op = getattr(torch.ops.aten, "native_batch_norm" + "_backward")
+                    _, mean, invstd = getattr(torch.ops.aten, "native_batch" + "_norm")(
+                        t, g, None, None, None, True, 0.1, eps
+                    )
+                    grads = op(d, t, g, None, None, mean, invstd, True, eps, [True, True, True])
+                    return tuple(v.numpy() for v in grads)
+                """,
+            ),
+            "03.batch_norm_backward",
+            r"calls torch\.ops\.aten\.native_batch_norm",
+        ),
+        "autograd_backward_in_hand_backward": (  # hidden from the static scan
+            _cell(
+                "03",
+                "03.batch_norm_backward",
+                HAND_BACKWARD.format(
+                    simple="", how='getattr(y, "back" + "ward")(torch.as_tensor(dout))'
+                ),
+            ),
+            "03.batch_norm_backward",
+            r"calls torch\.(Tensor\.backward|autograd)",
+        ),
+        "autograd_grad_in_hand_backward": (
+            _cell(
+                "03",
+                "03.batch_norm_backward_simple",
+                HAND_BACKWARD.format(
+                    simple="_simple",
+                    how='t.grad, g.grad, b.grad = getattr(torch.autograd, "gr" + "ad")'
+                    "(y, (t, g, b), torch.as_tensor(dout))",
+                ),
+            ),
             "03.batch_norm_backward_simple",
-            "import torch\ndef batch_norm_backward_simple(dout, x, gamma, eps=1e-5):\n"
-            "    t = torch.tensor(x, requires_grad=True)\n    g = torch.tensor(gamma, requires_grad=True)\n    b = torch.zeros_like(g, requires_grad=True)\n"
-            "    y = (t - t.mean(0)) / torch.sqrt(t.var(0, unbiased=False) + eps) * g + b\n"
-            "    grads = getattr(torch.autograd, 'gr' + 'ad')(y, (t, g, b), torch.as_tensor(dout))\n"
-            "    return tuple(v.numpy() for v in grads)\n",
+            r"calls torch\.autograd",
         ),
-        "03.batch_norm_backward_simple",
-        r"calls torch\.autograd",
-    )
+    }
 
-    # -- no isolation between processes -------------------------------------------------------
-    add("kill_the_grader", _attack("00", STD, "import os\n" + SIG + "    os.kill(os.getppid(), 9)\n"), STD, r"PermissionError")
-    add("kill_every_process", _attack("00", STD, "import os\n" + SIG + "    os.kill(-1, 9)\n"), STD, r"PermissionError")
-    add(
-        "kill_the_zygote_and_siblings",
-        _attack("00", STD, "import os, signal\n" + SIG + "    hits = 0\n    for pid in range(1, 4096):\n        if pid != os.getpid():\n            try:\n                os.kill(pid, signal.SIGKILL)\n                hits += 1\n            except OSError:\n                pass\n    raise RuntimeError(f'killed {hits}')\n"),
-        STD,
-        r"raised RuntimeError: killed 0",
-    )
-    add(
-        "setsid_escape_rewrites_reports",
-        _attack("00", STD, "import os\n" + SIG + "    if os.fork() == 0:\n        os.setsid()\n        open(REPORT, 'w').write('{}')\n        os._exit(0)\n"),
-        STD,
-        r"PermissionError",
-    )
-    add(
-        "append_to_course_utils",
-        _attack(
-            "00",
-            STD,
-            "import pathlib, course_utils\n"
-            "for name in ('grading/scoring.py', 'exercises/core.py', '__init__.py'):\n"
-            "    with open(pathlib.Path(course_utils.__file__).parent / name, 'a') as f:\n"
-            "        f.write('\\nFULL_MARKS = True\\n')\n",
-        ),
-        STD,
-        r"(Read-only file system|FileNotFoundError|PermissionError|OSError)",
-    )
-    add(
-        "truncate_a_classmate",
-        _attack("00", STD, "open(CLASSMATE, 'w').close()\n"),
-        STD,
-        r"(FileNotFoundError|No such file|Read-only)",
-    )
-    add(
-        "fill_dev_shm",
-        _attack("00", STD, SIG + "    with open('/dev/shm/fill', 'wb') as f:\n        for _ in range(4096):\n            f.write(b'\\0' * 2**20)\n"),
-        STD,
-        r"(Read-only file system|OSError|No space)",
-    )
-    add(
-        "fill_scratch",
-        _attack("00", STD, SIG + "    with open('/tmp/fill', 'wb') as f:\n        for _ in range(4096):\n            f.write(b'\\0' * 2**20)\n"),
-        STD,
-        r"(File too large|No space left|larger than 64 MiB)",
-    )
-    add(
-        "cpu_hog",  # threads and processes are refused; the loop runs out of its own time
-        _attack(
-            "00",
-            STD,
-            "import os, threading\n" + SIG + "    for _ in range(8):\n"
-            "        try:\n            threading.Thread(target=lambda: [0 for _ in iter(int, 1)], daemon=True).start()\n        except RuntimeError:\n            pass\n"
-            "        try:\n            os.fork()\n        except OSError:\n            pass\n"
-            "    while True:\n        pass\n",
-        ),
-        STD,
-        r"ran longer than the 6 s time limit",
-    )
 
-    # -- bad files ----------------------------------------------------------------------------
-    deep = '{"cells": ' + "[" * 100_000 + "]" * 100_000 + ', "metadata": {"course": {"lesson": "00"}}}'
-    add("nested_100000_deep", deep, STD, r"not valid JSON")
-    add("expression_600kB", _attack("00", STD, SIG + "    return " + "+".join(["x"] * 200_000) + "\n"), STD, r"holds \d+ kB of code")
-    add("cell_2_5MB_of_assignments", _attack("00", STD, "a=1\n" * 625_000), STD, r"holds \d+ kB of code")
+def _between_processes() -> dict[str, tuple]:
+    return {
+        "kill_the_grader": (_std("os.kill(os.getppid(), 9)", "import os"), STD, "PermissionError"),
+        "kill_every_process": (_std("os.kill(-1, 9)", "import os"), STD, "PermissionError"),
+        "kill_the_zygote_and_siblings": (
+            _std(
+                """
+                hits = 0
+                for pid in range(1, 4096):
+                    if pid != os.getpid():
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                            hits += 1
+                        except OSError:
+                            pass
+                raise RuntimeError(f"killed {hits}")
+                """,
+                "import os, signal",
+            ),
+            STD,
+            r"raised RuntimeError: killed 0",
+        ),
+        "setsid_escape_rewrites_reports": (
+            _std(
+                """
+                if os.fork() == 0:
+                    os.setsid()
+                    open(REPORT, "w").write("{}")
+                    os._exit(0)
+                """,
+                "import os",
+            ),
+            STD,
+            "PermissionError",
+        ),
+        "append_to_course_utils": (
+            _cell(
+                "00",
+                STD,
+                """
+                import pathlib, course_utils
+                here = pathlib.Path(course_utils.__file__).parent
+                for name in ("grading/scoring.py", "exercises/core.py", "__init__.py"):
+                    with open(here / name, "a") as f:
+                        f.write("\\nFULL_MARKS = True\\n")
+                """,
+            ),
+            STD,
+            r"(Read-only file system|FileNotFoundError|PermissionError)",
+        ),
+        "truncate_a_classmate": (
+            _cell("00", STD, "open(CLASSMATE, 'w').close()"),
+            STD,
+            r"(FileNotFoundError|Read-only file system)",
+        ),
+        "fill_dev_shm": (_std(FILL.format(path="/dev/shm/fill")), STD, r"Read-only file system"),
+        "fill_scratch": (
+            _std(FILL.format(path="/tmp/fill")),
+            STD,
+            r"(File too large|No space left|larger than 64 MiB)",
+        ),
+        "cpu_hog": (  # threads and processes are refused; the loop runs out of its own time
+            _std(
+                """
+                for _ in range(8):
+                    try:
+                        threading.Thread(target=lambda: sum(iter(int, 1)), daemon=True).start()
+                    except RuntimeError:
+                        pass
+                    try:
+                        os.fork()
+                    except OSError:
+                        pass
+                while True:
+                    pass
+                """,
+                "import os, threading",
+            ),
+            STD,
+            r"ran longer than the 6 s time limit",
+        ),
+    }
+
+
+def _bad_files() -> dict[str, tuple]:
+    deep = '{"cells": ' + "[" * 100_000 + "]" * 100_000 + ', "metadata": {}}'
     weird = build_notebook(_solved("00"))
     weird["metadata"]["course"]["lesson"] = "²"
     for c in weird["cells"]:
         c.get("metadata", {}).pop("course", None)
         if c["cell_type"] == "code":
             c["source"] = "pass\n"
-    add("lesson_superscript_two", weird, "?", r"could not tell which lesson")
-    add("setup_imports_IPython_main", _attack("00", STD, "raise NotImplementedError\n", setup="import IPython.__main__"), STD, r"not attempted")
-    add("setup_imports_f2py_main", _attack("00", STD, "raise NotImplementedError\n", setup="import numpy.f2py.__main__"), STD, r"not attempted")
-    add("not_json_bytes", b"\x89PNG\r\n\x1a\n" + os.urandom(64), "?", r"not valid JSON|not a Jupyter notebook")
-    return out
+    placeholder = "raise NotImplementedError\n"
+    return {
+        "nested_100000_deep": (deep, "?", r"not valid JSON"),
+        "expression_600kB": (
+            _std("return " + "+".join(["x"] * 300_000)),
+            STD,
+            r"holds \d+ kB of code",
+        ),
+        "cell_2_5MB_of_assignments": (_cell("00", STD, "a=1\n" * 625_000), STD, r"holds \d+ kB"),
+        "lesson_superscript_two": (weird, "?", r"lesson ² has no graded exercises|could not tell"),
+        "setup_imports_IPython_main": (
+            _cell("00", STD, placeholder, setup="import IPython.__main__"),
+            STD,
+            r"not attempted",
+        ),
+        "setup_imports_f2py_main": (
+            _cell("00", STD, placeholder, setup="import numpy.f2py.__main__"),
+            STD,
+            r"not attempted",
+        ),
+        "not_json_bytes": (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "?", r"not valid JSON"),
+    }
+
+
+def _attackers() -> dict[str, tuple[dict | str | bytes, str, str]]:
+    """name -> (notebook, exercise attacked or "?" for the whole file, feedback regex)."""
+    return {
+        **_reaching_the_answers(),
+        **_reporting_on_itself(),
+        **_kernels_by_another_name(),
+        **_between_processes(),
+        **_bad_files(),
+    }
 
 
 def _snapshot(*folders: Path) -> dict[str, str]:
     """Every file's content hash under ``folders`` (the repository's own caches excluded)."""
-    skip = {".venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", "test-artifacts"}
+    skip = {
+        ".venv",
+        ".git",
+        "__pycache__",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".hypothesis",
+        "test-artifacts",
+    }
     out = {}
     for folder in folders:
         for root, dirs, files in os.walk(folder):
@@ -484,13 +667,10 @@ def batch(tmp_path_factory):
         path = subs / f"attack_{name}.ipynb"
         if isinstance(nb, bytes):
             path.write_bytes(nb)
-            continue_text = None
         else:
             text = nb if isinstance(nb, str) else json.dumps(nb)
-            text = text.replace("REPORT", repr(str(report))).replace("CLASSMATE", repr(str(classmates["00"])))
-            path.write_text(text)
-            continue_text = text
-        del continue_text
+            text = text.replace("REPORT", repr(str(report)))
+            path.write_text(text.replace("CLASSMATE", repr(str(classmates["00"]))))
         paths[name] = path
     before = _snapshot(ROOT, subs, reports)
     zygotes_before = _zygotes()
@@ -501,7 +681,9 @@ def batch(tmp_path_factory):
     leftovers = _zygotes() - zygotes_before
     by_path = {r.path: r for r in results}
     return {
-        "attackers": {n: (by_path[str(p)], attackers[n][1], attackers[n][2]) for n, p in paths.items()},
+        "attackers": {
+            n: (by_path[str(p)], attackers[n][1], attackers[n][2]) for n, p in paths.items()
+        },
         "classmates": {lesson: by_path[str(p)] for lesson, p in classmates.items()},
         "changed": sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)),
         "leftovers": leftovers,
@@ -580,14 +762,18 @@ def test_links_fifos_and_option_like_names(tmp_path, monkeypatch, capsys):
 
     # every file in the folder, shell-style: "--seed=7.ipynb" is a file, not an option
     files = sorted(os.listdir("."))
-    code = grade_main([*files, "--seed", "3", "--json", str(out / "r.json"), "--csv", str(out / "r.csv")])
+    code = grade_main(
+        [*files, "--seed", "3", "--json", str(out / "r.json"), "--csv", str(out / "r.csv")]
+    )
     assert code == 0, capsys.readouterr()
     report = json.loads((out / "r.json").read_text())
     assert report["seed"] == 3
     rows = {Path(s["path"]).name: s for s in report["submissions"]}
     assert set(rows) == set(files)
     assert rows["alice.ipynb"]["score"] == rows["alice.ipynb"]["max_score"] == 1
-    assert rows["--seed=7.ipynb"]["score"] == 0 and "placeholder" in json.dumps(rows["--seed=7.ipynb"])
+    assert rows["--seed=7.ipynb"]["score"] == 0 and "placeholder" in json.dumps(
+        rows["--seed=7.ipynb"]
+    )
     for name in ("link_to_solutions.ipynb", "link_to_alice.ipynb"):
         assert rows[name]["score"] == 0 and "symbolic link" in rows[name]["note"], rows[name]
     assert rows["fifo.ipynb"]["score"] == 0 and "not a regular file" in rows["fifo.ipynb"]["note"]
@@ -602,7 +788,10 @@ def test_refuses_to_grade_without_a_sandbox_unless_told(tmp_path, monkeypatch, c
     monkeypatch.setattr(isolation, "bwrap_problem", lambda: "bubblewrap (bwrap) is not installed")
     assert grade_main([str(tmp_path), "--seed", "1"]) == 2
     err = capsys.readouterr().err
-    assert "refusing to run untrusted notebooks without a sandbox" in err and "apt-get install bubblewrap" in err
+    assert (
+        "refusing to run untrusted notebooks without a sandbox" in err
+        and "apt-get install bubblewrap" in err
+    )
     assert grade_main([str(tmp_path), "--seed", "1", "--no-sandbox"]) == 0
 
 
@@ -635,13 +824,13 @@ def test_grader_problem_gives_a_nonzero_exit_status(tmp_path, monkeypatch, capsy
     assert row["score"] == 0 and "the grader failed on this submission" in row["note"]
 
 
-def test_command_line_cannot_be_hung_by_a_fifo_submission(tmp_path):
+def test_a_fifo_submission_cannot_hang_the_command(tmp_path):
     os.mkfifo(tmp_path / "x.ipynb")
+    report = tmp_path / "r.json"
+    argv = [sys.executable, "-m", "course_utils.grade", str(tmp_path), "--seed", "1"]
     run = subprocess.run(
-        [sys.executable, "-m", "course_utils.grade", str(tmp_path / "x.ipynb"), "--seed", "1"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
+        [*argv, "--json", str(report)], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
-    assert run.returncode == 0 and "not a regular file" not in run.stdout or run.returncode == 0
+    assert run.returncode == 0, run.stderr
+    row = json.loads(report.read_text())["submissions"][0]
+    assert row["score"] == 0 and "not a regular file" in row["note"]

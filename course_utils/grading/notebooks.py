@@ -279,6 +279,14 @@ def _read_submission(path: Path, catalog: Catalog) -> Submission:
         t = meta(c).get("tags")
         return t if isinstance(t, list) else []
 
+    nb_meta = nb.get("metadata") if isinstance(nb.get("metadata"), dict) else {}
+    nb_course = nb_meta.get("course") if isinstance(nb_meta.get("course"), dict) else {}
+    lesson = _normalise_lesson(nb_course.get("lesson"))
+
+    def refused(problem: str) -> Submission:
+        known = lesson if lesson in catalog else None  # so the row lists the lesson's exercises
+        return Submission(path=path, lesson=known, how="metadata" if known else "", problem=problem)
+
     raw_cells = [c if isinstance(c, dict) else {} for c in nb["cells"]]
     code: list[tuple[int, Mapping, str]] = []
     for i, c in enumerate(raw_cells):
@@ -286,17 +294,13 @@ def _read_submission(path: Path, catalog: Catalog) -> Submission:
             continue
         src = _source(c)
         if len(src) > MAX_CELL_CHARS:
-            return Submission(
-                path=path,
-                problem=f"cell {i} holds {len(src) / 1000:.0f} kB of code; a cell may hold at "
-                f"most {MAX_CELL_CHARS // 1000} kB",
+            return refused(
+                f"cell {i} holds {len(src) / 1000:.0f} kB of code; a cell may hold at "
+                f"most {MAX_CELL_CHARS // 1000} kB"
             )
         code.append((i, {"course": course(c), "tags": tags(c)}, src))
         if len(code) > MAX_CODE_CELLS:
-            return Submission(path=path, problem=f"more than {MAX_CODE_CELLS} code cells")
-    nb_meta = nb.get("metadata") if isinstance(nb.get("metadata"), dict) else {}
-    nb_course = nb_meta.get("course") if isinstance(nb_meta.get("course"), dict) else {}
-    lesson = _normalise_lesson(nb_course.get("lesson"))
+            return refused(f"more than {MAX_CODE_CELLS} code cells")
     del nb, raw_cells  # outputs and markdown are never needed again
 
     names = {i: _defined_names(src) for i, _, src in code}
