@@ -142,6 +142,7 @@ def grade(
     catalog: Mapping[str, Sequence[Exercise]] | None = None,
     on_result: Callable[[SubmissionResult], None] | None = None,
     isolation: str = "sandbox",
+    stats: dict | None = None,
 ) -> list[SubmissionResult]:
     """Grade notebooks (files, or folders searched for ``*.ipynb``).
 
@@ -157,6 +158,8 @@ def grade(
         isolation: ``"sandbox"`` (bubblewrap; refuse to grade where it cannot run),
             ``"none"`` (plain processes: trusted notebooks only) or ``"auto"`` (the sandbox
             where available, else plain processes: a learner's own notebooks).
+        stats: a dict to fill with ``sandbox_cpu_s`` (CPU seconds used in the sandboxes) and
+            ``zygotes_started`` (for benchmarks).
     Returns:
         One :class:`SubmissionResult` per notebook, in the order found; a result whose
         ``grader_error`` is set means the grader itself failed on it.
@@ -232,7 +235,7 @@ def grade(
 
     workdir = tempfile.mkdtemp(prefix="course-grade-")
     try:
-        run_jobs(
+        used = run_jobs(
             jobs,
             timeout=timeout,
             memory_mb=memory_mb,
@@ -243,6 +246,8 @@ def grade(
             preload=_preload(),
             on_done=done,
         )
+        if stats is not None:
+            stats.update(used)
     except SandboxFailure as e:
         for job in jobs:
             if id(job) in slot:

@@ -137,6 +137,10 @@ def _charged(run: _Run, now: float) -> float:
     return max(0.0, (now - run.t0) - max(0.0, _waited(run.pid) - run.d0))
 
 
+def _seconds(value: object) -> float:
+    return float(value) if type(value) in (int, float) and 0 <= value < 1e7 else 0.0
+
+
 def _log_tail(path: str) -> str:
     try:
         with open(path, "rb") as f:
@@ -174,6 +178,7 @@ class _Loop:
         n = max(1, min(workers, len(jobs)))
         self.workers = [_Worker(i) for i in range(n)]
         self.start_problem = ""
+        self.stats = {"sandbox_cpu_s": 0.0, "zygotes_started": 0}
 
     # -- workers -------------------------------------------------------------------------
     def start_worker(self, w: _Worker) -> None:
@@ -184,24 +189,29 @@ class _Loop:
         w.state, w.started, w.run = "starting", time.monotonic(), None
         self.sel.register(w.ctrl, selectors.EVENT_READ, ("ctrl", w))
 
-    def stop_worker(self, w: _Worker) -> None:
+    def stop_worker(self, w: _Worker, gently: bool = False) -> None:
+        """Stop a worker's sandbox: ``gently`` lets an idle zygote exit on its own (so its
+        CPU time is accounted to the grader), else everything in it is killed at once."""
         if w.ctrl is not None:
             try:
                 self.sel.unregister(w.ctrl)
             except (KeyError, ValueError):
                 pass
-            w.ctrl.close()
+            w.ctrl.close()  # an idle zygote exits when its control channel closes
             w.ctrl = None
         if w.proc is not None:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(w.proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
             try:
-                w.proc.wait(timeout=30)
+                w.proc.wait(timeout=5 if gently else 0.001)
             except subprocess.TimeoutExpired:
-                pass
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(w.proc.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                try:
+                    w.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
             w.proc = None
         w.state = "dead"
 
@@ -435,7 +445,11 @@ class _Loop:
             return
         if msg[0] == "ready" and w.state == "starting":
             w.state, w.failures = "idle", 0
-        elif msg[0] == "done" and w.run is not None and len(msg) == 2 and type(msg[1]) is int:
+            info = msg[1] if len(msg) == 2 and isinstance(msg[1], dict) else {}
+            self.stats["sandbox_cpu_s"] += _seconds(info.get("cpu"))
+            self.stats["zygotes_started"] += 1
+        elif msg[0] == "done" and w.run is not None and len(msg) == 3 and type(msg[1]) is int:
+            self.stats["sandbox_cpu_s"] += _seconds(msg[2])
             self.drain(w, w.run)
             if w.run is not None:
                 self.end_run(w, w.run, msg[1])
@@ -500,7 +514,7 @@ class _Loop:
                 except OSError:
                     pass
                 w.run = None
-            self.stop_worker(w)
+            self.stop_worker(w, gently=w.state == "idle")
         self.sel.close()
 
 
@@ -521,7 +535,7 @@ def run_jobs(
     driver_files: dict[str, str],
     preload: list[str],
     on_done: Callable[[Job], None],
-) -> None:
+) -> dict:
     """Run every job to completion, ``workers`` sandboxes at a time.
 
     Args:
@@ -534,13 +548,17 @@ def run_jobs(
         driver_files: module name -> file, for run drivers outside the course package.
         preload: modules each zygote imports before forking.
         on_done: called with each job as soon as it is finished (for scoring).
+    Returns:
+        ``{"sandbox_cpu_s", "zygotes_started"}``: CPU seconds the zygotes' imports and the
+        children used (as their zygotes measured them), sandboxes started (restarts included).
     Raises:
         SandboxFailure: no worker could be started at all.
     """
     if not jobs:
-        return
+        return {"sandbox_cpu_s": 0.0, "zygotes_started": 0}
     loop = _Loop(jobs, timeout, memory_mb, workers, workdir, mode, driver_files, preload, on_done)
     try:
         loop.run()
     finally:
         loop.close()
+    return loop.stats
