@@ -39,6 +39,7 @@ format: setup
 
 test: setup
 	bash .ci/browser-deps
+	bash .ci/sandbox-deps
 	$(BIN)/ruff check course_utils tests
 	$(BIN)/ruff format --check course_utils tests
 	$(BIN)/python -m course_utils.build --check

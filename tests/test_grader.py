@@ -32,6 +32,7 @@ from course_utils.exercises.notebook import VISIBLE_SEED
 from course_utils.grade import main as grade_main
 from course_utils.grading import grade
 from course_utils.grading.grader import default_catalog, make_task
+from course_utils.grading.isolation import bwrap_problem
 from course_utils.grading.notebooks import read_submission, to_python
 from course_utils.grading.scan import scan_cell
 from course_utils.sandbox.wire import FrameReader, WireError, decode, encode, send_frame
@@ -43,6 +44,10 @@ TIMEOUT = 10.0  # the grader's default: solution notebooks must pass under it
 SHORT = 3.0  # for the test lesson 99, whose exercises take milliseconds
 MEMORY_MB = 512
 SEED = 2024  # the hidden tests' seed (the command line's default is the instructor's secret)
+# In the bubblewrap sandbox where it runs (CI installs it: .ci/sandbox-deps); elsewhere these
+# tests still check the grading itself, unsandboxed (tests/test_grader_attacks.py is skipped).
+ISOLATION = "auto"
+NO_SANDBOX = [] if bwrap_problem() is None else ["--no-sandbox"]
 
 
 def _load_lesson99():
@@ -337,7 +342,11 @@ def matrix(tmp_path_factory):
         for name, (content, _) in variants.items():
             paths[sol.stem, name] = _write(folder / sol.stem, name, content)
         lessons[sol.stem] = (lesson, exercises, variants)
-    graded = grade([folder], seed=SEED, timeout=TIMEOUT, memory_mb=MEMORY_MB) if paths else []
+    graded = (
+        grade([folder], seed=SEED, timeout=TIMEOUT, memory_mb=MEMORY_MB, isolation=ISOLATION)
+        if paths
+        else []
+    )
     by_path = {r.path: r for r in graded}
     return lessons, {key: by_path[str(p)] for key, p in paths.items()}
 
@@ -456,7 +465,12 @@ def _l99_variants() -> dict[str, tuple[dict, dict[str, str]]]:
 def test_one_exercise_never_costs_another_its_points(tmp_path, capfd):
     variants = _l99_variants()
     paths = {name: _write(tmp_path, f"student {name}", nb) for name, (nb, _) in variants.items()}
-    results = {r.path: r for r in grade([tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG)}
+    results = {
+        r.path: r
+        for r in grade(
+            [tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG, isolation=ISOLATION
+        )
+    }
     for name, (_, expect) in variants.items():
         res = results[str(paths[name])]
         assert res.lesson == "99", name
@@ -471,11 +485,28 @@ def test_same_submissions_same_scores_with_one_or_two_workers_and_files_untouche
         path = _write(tmp_path, name, variants[name][0])
         path.chmod(0o444)  # the grader only ever reads
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
-    first = [r.to_dict() for r in grade([tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG)]
-    second = [r.to_dict() for r in grade([tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG)]
+    first = [
+        r.to_dict()
+        for r in grade(
+            [tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG, isolation=ISOLATION
+        )
+    ]
+    second = [
+        r.to_dict()
+        for r in grade(
+            [tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG, isolation=ISOLATION
+        )
+    ]
     one_worker = [
         r.to_dict()
-        for r in grade([tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG, workers=1)
+        for r in grade(
+            [tmp_path],
+            seed=SEED,
+            timeout=SHORT,
+            catalog=L99.CATALOG,
+            workers=1,
+            isolation=ISOLATION,
+        )
     ]
     assert first == second == one_worker
     assert [r["score"] for r in first] == [3, 2, 5]  # a_syntax, b_no_update, solved
@@ -617,6 +648,7 @@ def test_command_line_reports_and_exit_codes(tmp_path):
             "5",
             "--seed",
             "3",
+            *NO_SANDBOX,
         ],
         capture_output=True,
         text=True,
@@ -665,6 +697,7 @@ def test_command_line_refuses_bad_arguments(tmp_path, capsys):
         assert exc.value.code == 2
 
 
+@pytest.mark.skipif(bwrap_problem() is not None, reason=f"no sandbox: {bwrap_problem()}")
 def test_bench_grader_is_fast_enough():
     from course_utils.bench_grader import bench_grader
 
@@ -692,7 +725,10 @@ def test_only_the_learners_own_calls_to_torch_normalization_count(tmp_path):
         notebook("    bn(torch.ones(2, 3))\n    return bn.running_mean.detach().numpy()\n"),
     )
     results = {
-        r.path: r for r in grade([tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG98)
+        r.path: r
+        for r in grade(
+            [tmp_path], seed=SEED, timeout=SHORT, catalog=L99.CATALOG98, isolation=ISOLATION
+        )
     }
     assert results[str(honest)].score == 1, results[str(honest)].to_dict()
     feedback = results[str(gaming)].exercises[0].feedback
