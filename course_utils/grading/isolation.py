@@ -251,7 +251,7 @@ def start_zygote(
     Returns:
         (the process, the grader's end of its control socket, its log file).
     """
-    grader_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    grader_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     os.set_inheritable(zygote_end.fileno(), True)
     wdir = os.path.join(workdir, f"worker{index}")
     os.makedirs(wdir, exist_ok=True)

@@ -119,6 +119,7 @@ class _Worker:
     started: float = 0.0
     run: _Run | None = None
     failures: int = 0
+    reader: wire.FrameReader = field(default_factory=lambda: wire.FrameReader(1 << 16))
 
 
 def _waited(pid: int | None) -> float:
@@ -187,6 +188,7 @@ class _Loop:
         )
         w.ctrl.setblocking(False)
         w.state, w.started, w.run = "starting", time.monotonic(), None
+        w.reader = wire.FrameReader(1 << 16)
         self.sel.register(w.ctrl, selectors.EVENT_READ, ("ctrl", w))
 
     def stop_worker(self, w: _Worker, gently: bool = False) -> None:
@@ -241,8 +243,9 @@ class _Loop:
             "forbidden": forbidden,
         }
         try:
+            w.ctrl.setblocking(True)  # a small frame, to a zygote that is waiting for it
             w.ctrl.sendmsg(
-                [wire.encode(("job", limits))],
+                [_ctrl_frame(("job", limits))],
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [child_end.fileno()]))],
             )
         except OSError as e:
@@ -251,6 +254,9 @@ class _Loop:
             self.queue.appendleft(job)
             self.worker_died(w, f"the control channel failed ({e.strerror})")
             return
+        finally:
+            if w.ctrl is not None:
+                w.ctrl.setblocking(False)
         child_end.close()
         grader_end.setblocking(False)
         run = _Run(job=job, chan=grader_end, cells=deque(job.cells()))
@@ -392,7 +398,9 @@ class _Loop:
         run.timed_out = protocol_error is None
         run.kill_sent = time.monotonic()
         try:
-            w.ctrl.send(wire.encode(("kill",)))
+            w.ctrl.settimeout(5.0)  # a few bytes, which the waiting zygote reads at once
+            w.ctrl.sendall(_ctrl_frame(("kill",)))
+            w.ctrl.setblocking(False)
         except OSError:
             self.worker_died(w, "its control channel failed")
 
@@ -437,10 +445,16 @@ class _Loop:
             self.worker_died(w, "its process ended")
             return
         try:
-            msg = wire.decode(data)
+            messages = [wire.decode(frame) for frame in w.reader.feed(data)]
         except wire.WireError:
             self.worker_died(w, "its zygote sent an unreadable message")
             return
+        for msg in messages:
+            if w.ctrl is None:
+                return
+            self.on_control_message(w, msg)
+
+    def on_control_message(self, w: _Worker, msg: object) -> None:
         if not isinstance(msg, tuple) or not msg:
             return
         if msg[0] == "ready" and w.state == "starting":
@@ -516,6 +530,12 @@ class _Loop:
                 w.run = None
             self.stop_worker(w, gently=w.state == "idle")
         self.sel.close()
+
+
+def _ctrl_frame(message: tuple) -> bytes:
+    """Grader to zygote: a frame in the sandbox's plain-data format."""
+    payload = wire.encode(message)
+    return struct.pack(">I", len(payload)) + payload
 
 
 def _frame(message: tuple) -> bytes:

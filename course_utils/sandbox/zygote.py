@@ -9,7 +9,7 @@ no test case, no submission. It makes itself non-dumpable (no child can trace it
 memory), and after each child it kills every other process in the sandbox and wipes the
 scratch folder, so a submission cannot reach the next one.
 
-Control messages (:mod:`.wire` format, one per SOCK_SEQPACKET datagram):
+Control messages (:mod:`.wire` frames on a stream socket pair):
 
     zygote -> grader  ("ready", {"pid", "seccomp", "cpu"})   imports done (CPU seconds used)
     grader -> zygote  ("job", limits) + the child's channel (SCM_RIGHTS)
@@ -48,22 +48,33 @@ _PRELOAD = (
 
 
 def _recv(ctrl: socket.socket) -> tuple[object, list[int]]:
+    """The next control frame and the descriptors that came with it (its first bytes)."""
     from . import wire
 
     fds = array.array("i")
-    data, anc, _, _ = ctrl.recvmsg(1 << 16, socket.CMSG_SPACE(4 * fds.itemsize))
-    if not data:
-        raise EOFError
-    for level, kind, raw in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(raw[: len(raw) - (len(raw) % fds.itemsize)])
-    return wire.decode(data), list(fds)
+    head = b""
+    while len(head) < 4:
+        data, anc, _, _ = ctrl.recvmsg(4 - len(head), socket.CMSG_SPACE(4 * fds.itemsize))
+        if not data:
+            raise EOFError
+        head += data
+        for level, kind, raw in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(raw[: len(raw) - (len(raw) % fds.itemsize)])
+    size = int.from_bytes(head, "big")
+    body = b""
+    while len(body) < size:
+        chunk = ctrl.recv(size - len(body))
+        if not chunk:
+            raise EOFError
+        body += chunk
+    return wire.decode(body), list(fds)
 
 
 def _send(ctrl: socket.socket, message: tuple) -> None:
     from . import wire
 
-    ctrl.send(wire.encode(message))
+    wire.send_frame(ctrl, wire.encode(message))
 
 
 def _import_runtime(config: dict) -> None:
