@@ -353,8 +353,7 @@ class _Loop:
     def on_message(self, w: _Worker, run: _Run, payload: bytes) -> None:
         if not run.hello:  # the child's first words, before any learner code
             protocol.hello(payload)
-            run.hello = True
-            run.d0 = _waited(run.pid)
+            run.hello = True  # (d0 stays 0: the child was born after its first step began)
             return
         step = run.step
         if step is None or step[0] == "end":
@@ -416,6 +415,8 @@ class _Loop:
             w.state = "idle"
         job = run.job
         step = run.step
+        if not run.hello and not run.timed_out:
+            step = None  # it died before any learner code ran: not the first cell's fault
         if step is not None and step[0] != "end":
             if run.timed_out:
                 limit = step[1].budget if step[0] == "case" else run.limit
@@ -427,8 +428,8 @@ class _Loop:
             job.charge(step[:2] if step[0] == "cell" else step[:3], reason)
             if step[0] == "case" and sum(1 for t in job.tasks if t.share == step[1].share) > 1:
                 job.shared[(step[1].share, step[2])] = ("died", reason)
-        elif step is None and run.task_i < len(job.tasks) and job.pending():
-            job.charge(None, died or "the worker ended before running every exercise")
+        elif step is None and job.pending():
+            job.charge(None, died or "the grader's worker failed to start a child")
         if job.pending():
             self.queue.appendleft(job)  # carry on with what is left, next
         else:
