@@ -137,6 +137,9 @@ def _isolate(fd: int, limits: dict) -> str | None:
         (resource.RLIMIT_CPU, max(1, int(limits["cpu_seconds"]))),
         (resource.RLIMIT_CORE, 0),
         (resource.RLIMIT_FSIZE, 64 * 2**20),
+        # no new process or thread (seccomp refuses them too; this holds where it cannot run,
+        # for a grading user without privileges)
+        (resource.RLIMIT_NPROC, 0),
     ):
         try:
             resource.setrlimit(res, (value, value))
