@@ -22,7 +22,12 @@ def seed_file() -> Path:
     explicit = os.environ.get("COURSE_GRADER_SEED_FILE")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    base = os.environ.get("XDG_CONFIG_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".config")
+        except RuntimeError:  # no home folder: the seed file cannot live in it
+            base = "~/.config"
     return Path(base) / "normalization-course" / "grader-seed"
 
 
