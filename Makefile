@@ -62,6 +62,7 @@ format: setup-dev
 
 test: setup-dev
 	bash .ci/browser-deps
+	bash .ci/sandbox-deps
 	$(BIN)/ruff check course_utils tests
 	$(BIN)/ruff format --check course_utils tests
 	$(BIN)/python -m course_utils.build --check

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from course_utils import load_mnist, make_mlp
+from course_utils.answers import lesson07 as A7
+from course_utils.answers import lesson08 as A8
 from course_utils.exercises import get_exercise, verify
-from course_utils.exercises import lesson07 as L7
 from course_utils.exercises import lesson08 as L8
 from course_utils.experiments import capstone, guide, placement, practice, residual, transformer
 from course_utils.experiments import weight_norm as wn
@@ -107,9 +108,9 @@ def test_tiny_transformer_shapes_and_custom_block():
     assert torch.equal(y, x.flip(1))
     assert m(x).shape == (3, 6, 7)
     custom = transformer.TinyTransformer(
-        vocab=7, seq_len=6, d_model=16, n_heads=2, n_layers=2, block=L7._PreLNBlock
+        vocab=7, seq_len=6, d_model=16, n_heads=2, n_layers=2, block=A7.PreLNBlock
     )
-    assert isinstance(custom.blocks[0], L7._PreLNBlock) and custom(x).shape == (3, 6, 7)
+    assert isinstance(custom.blocks[0], A7.PreLNBlock) and custom(x).shape == (3, 6, 7)
     assert isinstance(
         transformer.TinyTransformer(norm_position="post", n_layers=1).final_ln, nn.Identity
     )
@@ -305,16 +306,16 @@ def test_placeholder_is_not_started(ex_id):
 
 def test_assemble_block_mistakes():
     def swapped(l, n, a, p):
-        return L7._assemble_block(l, n, a, "after" if p == "before" else "before")
+        return A7.assemble_block(l, n, a, "after" if p == "before" else "before")
 
     v = verify("07.assemble_block", swapped)
     assert not v.passed and "placement='after'" in v.message
 
     def fresh(l, n, a, p):
         return (
-            L7._assemble_block(nn.Linear(l.in_features, l.out_features), n, a, p)
+            A7.assemble_block(nn.Linear(l.in_features, l.out_features), n, a, p)
             if isinstance(l, nn.Linear)
-            else L7._assemble_block(l, n, a, p)
+            else A7.assemble_block(l, n, a, p)
         )
 
     assert "reuse" in verify("07.assemble_block", fresh).message
@@ -327,20 +328,20 @@ def test_assemble_block_mistakes():
 
 def test_residual_forward_mistakes():
     def swapped(x, f1, b1, f2, b2, v):
-        return L7._residual_forward(x, f1, b1, f2, b2, "preact" if v == "original" else "original")
+        return A7.residual_forward(x, f1, b1, f2, b2, "preact" if v == "original" else "original")
 
     assert "swap" in verify("07.residual_forward", swapped).message
 
     def no_skip(x, f1, b1, f2, b2, v):
         if v == "original":
-            return L7._residual_forward(x, f1, b1, f2, b2, v)
+            return A7.residual_forward(x, f1, b1, f2, b2, v)
         return f2(torch.relu(b2(f1(torch.relu(b1(x))))))
 
     assert "skip connection" in verify("07.residual_forward", no_skip).message
 
 
 def test_pre_ln_block_mistakes():
-    class Post(L7._PreLNBlock):
+    class Post(A7.PreLNBlock):
         def __init__(self, d, h, f):
             super().__init__(d, h, f)
             self.norm_position = "post"
@@ -387,7 +388,7 @@ def test_param_groups_mistakes():
 
 def test_recalibrate_bn_mistakes():
     def train_mode(model, x, batch_size=256):
-        L8.recalibrate_bn_reference(model, x, batch_size)
+        A8.recalibrate_bn(model, x, batch_size)
         return model.train()
 
     assert "eval mode" in verify("08.recalibrate_bn", train_mode).message
@@ -407,7 +408,7 @@ def test_recalibrate_bn_mistakes():
     assert "batches of batch_size" in verify("08.recalibrate_bn", one_pass).message
 
     def keeps_none(model, x, batch_size=256):
-        L8.recalibrate_bn_reference(model, x, batch_size)
+        A8.recalibrate_bn(model, x, batch_size)
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = None
@@ -420,21 +421,21 @@ def test_recalibrate_bn_mistakes():
 @pytest.mark.slow
 def test_capstone_reference_passes_and_broken_run_fails_every_part(monkeypatch):
     calls = []
-    real = capstone.measure
+    real = capstone.train_and_describe
 
-    def counting(fn, seed, data=None):
+    def counting(fn, data, seed):
         calls.append((fn, seed))
-        return real(fn, seed, data)
+        return real(fn, data, seed)
 
-    monkeypatch.setattr(capstone, "measure", counting)
+    monkeypatch.setattr(capstone, "train_and_describe", counting)
     L8._REPORTS.clear()
     parts = ("accuracy", "eval_mode", "inputs_scaled", "batch_stats")
     for part in parts:
         ex = get_exercise(f"08.capstone_{part}")
         assert ex.name == "train_fixed"
         for case in ex.cases(np.random.default_rng(7), True):
-            got = ex.run(L8.reference_train_fixed, case)
-            assert got == {"passed": True, "detail": ""}
+            got = ex.run(A8.train_fixed, case)
+            assert got["refused"] == "" and got["model"]["layers"][0]["type"] == "Standardize"
             assert ex.judge(got, case) is None
     assert len(calls) == 1  # one training shared by the four parts
     for part in parts:

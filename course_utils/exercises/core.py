@@ -4,13 +4,15 @@ An :class:`Exercise` says what the learner defines (a function or class called `
 how to make test cases (visible ones with a fixed seed, hidden ones with the grader's seed),
 how to run an object on a case (``run``: executed wherever the learner's object lives), and
 the reference object whose outputs are the expected values. Expected values are always
-computed from ``course_utils.reference`` or other trusted course code, in the checker's own
-process, and compared by :func:`compare`, which explains a mismatch in plain words.
+computed from the answers (``course_utils.answers``), in the checker's own process (never in
+the grader's sandbox), and compared by :func:`compare`, which explains a mismatch in plain
+words.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,11 +33,18 @@ __all__ = [
     "running_stats_diagnosis",
     "train_eval_diagnosis",
     "FORBIDDEN_CALLS",
+    "AUTOGRAD_CALLS",
+    "answer",
+    "load_answer",
 ]
 
+# The one list of what an exercise may not call (the grader's static scan and its call trap
+# both read ``Exercise.forbidden``; enforcing it is best effort, see README "Grading").
 # Calls that would let an exercise hand back torch's answer instead of computing it: the
-# functional forms, the nn modules, and the ATen entry points behind them. ``torch.var_mean``,
-# ``torch.mean`` and friends are fine: they compute statistics, not the normalization.
+# functional forms, the nn modules, and the ATen entry points behind them, forward and
+# backward, however reached (``torch.ops.aten.X``, ``torch._C._VariableFunctions.X``,
+# ``torch.X``). ``torch.var_mean``, ``torch.mean`` and friends are fine: they compute
+# statistics, not the normalization.
 FORBIDDEN_CALLS = (
     "batch_norm",
     "layer_norm",
@@ -73,7 +82,61 @@ FORBIDDEN_CALLS = (
     "cudnn_batch_norm",
     "miopen_batch_norm",
     "quantized_batch_norm",
+    "native_batch_norm_backward",
+    "native_layer_norm_backward",
+    "native_group_norm_backward",
+    "batch_norm_backward",
+    "batch_norm_backward_elemt",
+    "batch_norm_backward_reduce",
+    "cudnn_batch_norm_backward",
+    "miopen_batch_norm_backward",
+    "_batch_norm_no_update",
+    "_batch_norm_with_update",
+    "_batch_norm_with_update_functional",
+    "_native_batch_norm_legit_functional",
+    "_fused_rms_norm_backward",
 )
+# Autograd, for the exercises that ask for a backward pass derived by hand: ``y.backward``,
+# ``torch.autograd.backward`` / ``grad`` (and the engine entry point all of them reach),
+# ``torch.func`` and ``torch.autograd.functional`` transforms.
+AUTOGRAD_CALLS = (
+    "backward",
+    "grad",
+    "_engine_run_backward",
+    "run_backward",
+    "vjp",
+    "jvp",
+    "jacrev",
+    "jacfwd",
+    "jacobian",
+    "hessian",
+)
+
+
+def answer(lesson: str, name: str) -> Callable[[], Any]:
+    """An :attr:`Exercise.reference`: returns ``course_utils.answers.lesson<NN>.<name>``,
+    imported only when called (the answers live in one place and never where the grader
+    runs a learner's code).
+
+    Args:
+        lesson: two digits, ``"03"``. name: the answer's name, like the learner's object.
+    """
+
+    def reference() -> Any:
+        return getattr(importlib.import_module(f"course_utils.answers.lesson{lesson}"), name)
+
+    reference.__qualname__ = f"answer({lesson!r}, {name!r})"
+    return reference
+
+
+def load_answer(lesson: str, name: str) -> Any:
+    """The answer itself, or None where the answers are not installed (inside the grader's
+    sandbox): for a driver that must tell the trusted answer from a learner's object."""
+    try:
+        return answer(lesson, name)()
+    except ImportError:
+        return None
+
 
 _NOT_GIVEN: Any = object()
 
@@ -104,13 +167,15 @@ class Exercise:
         name: the function or class the learner defines.
         points: what it is worth in the grader.
         title: one line saying what to implement.
-        reference: zero-argument callable returning the trusted object to compare with.
+        reference: zero-argument callable returning the trusted object to compare with,
+            normally ``answer("NN", name)`` (the answer in ``course_utils.answers``).
         cases: ``cases(rng, hidden)`` -> list of :class:`Case`. ``hidden=False`` gives the
             visible cases the notebook check uses (called with a fixed seed); ``hidden=True``
             the grader's (randomised shapes and values, from the grader's seed).
         run: ``run(obj, case)`` -> plain outputs (arrays, tensors, numbers, strings, tuples,
             dicts). Runs in the learner's process for their object, and in the checker's
-            process for the reference.
+            process for the reference. It must be a module-level function (the grader's
+            sandbox imports it by name) and must not import answers.
         hints: revealed one at a time by :func:`course_utils.hint`.
         atol, rtol: tolerance for numeric comparison.
         diagnose: optional ``diagnose(got, expected, case)`` -> message or None, tried before
@@ -124,6 +189,10 @@ class Exercise:
         seed_group: exercises with the same seed group get the same hidden cases from the
             grader (default: the id alone), so several ids that grade one learner function
             (the capstone's parts) share one measurement instead of training once per id.
+        assess: optional ``assess(got, case)`` -> message or None, for an open-ended exercise
+            whose output is judged on its own rather than compared with the reference's (the
+            capstone: any trained model that meets the rubric passes). When set, ``judge``
+            uses it alone and the reference's output is never computed.
     """
 
     id: str
@@ -140,6 +209,7 @@ class Exercise:
     forbidden: Sequence[str] = FORBIDDEN_CALLS
     time_limit: float | None = None
     seed_group: str | None = None
+    assess: Callable[[Any, Case], str | None] | None = None
 
     @property
     def lesson(self) -> str:
@@ -153,8 +223,11 @@ class Exercise:
     def judge(self, got: Any, case: Case, expected: Any = _NOT_GIVEN) -> str | None:
         """None when ``got`` is right for ``case``, else a message saying what is wrong.
 
-        ``expected`` (the reference's outputs) is computed from ``case`` when not given.
+        ``expected`` (the reference's outputs) is computed from ``case`` when not given
+        (never for an exercise with ``assess``).
         """
+        if self.assess is not None:
+            return self.assess(got, case)
         if expected is _NOT_GIVEN:
             expected = self.expected(case)
         if self.diagnose is not None:

@@ -6,7 +6,7 @@ import copy
 
 import numpy as np
 
-from .core import Case, Exercise
+from .core import Case, Exercise, answer
 from .registry import register
 
 _VALID = ("standard", "minmax", "robust")
@@ -128,7 +128,7 @@ register(
         name="Standardizer",
         points=2,
         title="A per-feature standardizer with fit / transform / inverse_transform",
-        reference=lambda: _scaling().Standardizer,
+        reference=answer("01", "Standardizer"),
         cases=_scaler_cases,
         run=_run_scaler,
         diagnose=_diagnose_scaler("standard"),
@@ -146,7 +146,7 @@ register(
         name="MinMaxScaler",
         points=2,
         title="A per-feature min-max scaler to [0, 1] with fit / transform / inverse_transform",
-        reference=lambda: _scaling().MinMaxScaler,
+        reference=answer("01", "MinMaxScaler"),
         cases=_scaler_cases,
         run=_run_scaler,
         diagnose=_diagnose_scaler("minmax"),
@@ -259,7 +259,7 @@ register(
         name="choose_scaler",
         points=1,
         title="Recommend 'standard', 'minmax' or 'robust' scaling for one feature's values",
-        reference=lambda: _scaling().recommend_scaler,
+        reference=answer("01", "choose_scaler"),
         cases=_choice_cases,
         diagnose=_diagnose_choice,
         hints=(

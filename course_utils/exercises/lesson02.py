@@ -5,14 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .core import Case, Exercise
+from .core import Case, Exercise, answer
 from .registry import register
-
-
-def _reference():
-    from ..experiments.covariate_shift import activation_stats
-
-    return activation_stats
 
 
 def _cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
@@ -109,7 +103,7 @@ register(
         name="activation_stats",
         points=2,
         title="Per-layer mean, std and saturated fraction of a network's activations, via hooks",
-        reference=_reference,
+        reference=answer("02", "activation_stats"),
         cases=_cases,
         run=_run,
         diagnose=_diagnose,

@@ -7,7 +7,16 @@ import copy
 import numpy as np
 import torch
 
-from .core import FORBIDDEN_CALLS, Case, Exercise, numerical_gradient, rel_error
+from .core import (
+    AUTOGRAD_CALLS,
+    FORBIDDEN_CALLS,
+    Case,
+    Exercise,
+    answer,
+    load_answer,
+    numerical_gradient,
+    rel_error,
+)
 from .drivers import forward_backward, kernels_blocked
 from .registry import register
 
@@ -23,20 +32,6 @@ def _functional():
 # ------------------------------------------------------------------------------------------
 # 03.batch_norm_forward: a sequence of train / eval calls threading the running statistics
 # ------------------------------------------------------------------------------------------
-
-
-def _forward_reference():
-    F = _functional()
-
-    def batch_norm_forward(
-        x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5
-    ):
-        rm = np.array(running_mean, dtype=np.float64)
-        rv = np.array(running_var, dtype=np.float64)
-        y = F.batch_norm(x, rm, rv, gamma, beta, training=training, momentum=momentum, eps=eps)
-        return y, rm, rv
-
-    return batch_norm_forward
 
 
 def _forward_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
@@ -213,19 +208,6 @@ def _backward_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
     return cases
 
 
-def _backward_reference(graph: bool):
-    def ref():
-        F = _functional()
-        f = F.batch_norm_backward_graph if graph else F.batch_norm_backward
-
-        def batch_norm_backward(dout, x, gamma, eps=1e-5):
-            return f(dout, x, gamma, eps)
-
-        return batch_norm_backward
-
-    return ref
-
-
 def _backward_run(fn, case: Case):
     dout, x, gamma = copy.deepcopy(case.args)
     res = fn(dout, x, gamma, **case.kwargs)
@@ -287,16 +269,6 @@ def _backward_diagnose(got, expected, case: Case) -> str | None:
 # ------------------------------------------------------------------------------------------
 
 
-def _bn2d_reference():
-    try:
-        from ..reference import modules
-
-        cls = getattr(modules, "BatchNorm2d", None)
-    except ImportError:
-        cls = None
-    return cls if cls is not None else torch.nn.BatchNorm2d
-
-
 def _bn2d_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
     if not hidden:
         specs = [
@@ -347,7 +319,7 @@ def _bn2d_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
 def _bn2d_run(cls, case: Case) -> dict:
     meta = case.meta
     c = case.args[0]
-    trusted = cls is torch.nn.BatchNorm2d or cls is _bn2d_reference()
+    trusted = cls is torch.nn.BatchNorm2d or cls is load_answer("03", "BatchNorm2d")
     m = cls(c, **case.kwargs)
     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not trusted:
         raise TypeError(
@@ -462,7 +434,7 @@ register(
         name="batch_norm_forward",
         points=3,
         title="Batch-norm forward for (N, D) inputs, train and eval mode, with running statistics",
-        reference=_forward_reference,
+        reference=answer("03", "batch_norm_forward"),
         cases=_forward_cases,
         run=_forward_run,
         diagnose=_forward_diagnose,
@@ -481,12 +453,13 @@ register(
         name="batch_norm_backward",
         points=3,
         title="Batch-norm backward, node by node through the computational graph",
-        reference=_backward_reference(graph=True),
+        reference=answer("03", "batch_norm_backward"),
         cases=_backward_cases,
         run=_backward_run,
         diagnose=_backward_diagnose,
         atol=1e-7,
         rtol=1e-5,
+        forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
         hints=(
             "Recompute the forward nodes first: mu, xmu = x - mu, var = (xmu**2).mean(0), "
             "ivar = 1 / np.sqrt(var + eps), x_hat = xmu * ivar.",
@@ -502,12 +475,13 @@ register(
         name="batch_norm_backward_simple",
         points=2,
         title="Batch-norm backward in the simplified closed form",
-        reference=_backward_reference(graph=False),
+        reference=answer("03", "batch_norm_backward_simple"),
         cases=_backward_cases,
         run=_backward_run,
         diagnose=_backward_diagnose,
         atol=1e-7,
         rtol=1e-5,
+        forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
         hints=(
             "With g = dout * gamma and x_hat as in the forward, dx = (g - g.mean(0) - x_hat * "
             "(g * x_hat).mean(0)) / np.sqrt(var + eps).",
@@ -519,7 +493,7 @@ register(
         name="BatchNorm2d",
         points=3,
         title="A BatchNorm2d nn.Module from primitive ops that matches torch.nn.BatchNorm2d",
-        reference=_bn2d_reference,
+        reference=answer("03", "BatchNorm2d"),
         cases=_bn2d_cases,
         run=_bn2d_run,
         diagnose=_bn2d_diagnose,

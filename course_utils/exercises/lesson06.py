@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from .core import (
+    AUTOGRAD_CALLS,
     FORBIDDEN_CALLS,
     Case,
     Exercise,
+    answer,
     autograd_gradients,
     compare,
     gradient_diagnosis,
@@ -48,24 +50,6 @@ def _per_channel(v, ndim):
 # ------------------------------------------------------------------------------------------
 # 06.instance_norm_forward and 06.group_norm_forward
 # ------------------------------------------------------------------------------------------
-
-
-def _in_reference():
-    F = _functional()
-
-    def instance_norm_forward(x, gamma, beta, eps=1e-5):
-        return F.instance_norm(np.asarray(x, dtype=np.float64), weight=gamma, bias=beta, eps=eps)
-
-    return instance_norm_forward
-
-
-def _gn_reference():
-    F = _functional()
-
-    def group_norm_forward(x, num_groups, gamma, beta, eps=1e-5):
-        return F.group_norm(np.asarray(x, dtype=np.float64), num_groups, gamma, beta, eps)
-
-    return group_norm_forward
 
 
 def _forward_cases(group: bool):
@@ -177,15 +161,6 @@ def _gn_diagnose(got, expected, case: Case) -> str | None:
 # ------------------------------------------------------------------------------------------
 # 06.group_norm_backward
 # ------------------------------------------------------------------------------------------
-
-
-def _gn_backward_reference():
-    F = _functional()
-
-    def group_norm_backward(dout, x, num_groups, gamma, eps=1e-5):
-        return F.group_norm_backward(dout, np.asarray(x, dtype=np.float64), num_groups, gamma, eps)
-
-    return group_norm_backward
 
 
 def _backward_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
@@ -374,7 +349,7 @@ register(
         name="instance_norm_forward",
         points=1,
         title="Instance-norm forward: normalize each channel of each sample over H and W",
-        reference=_in_reference,
+        reference=answer("06", "instance_norm_forward"),
         cases=_forward_cases(group=False),
         diagnose=_in_diagnose,
         atol=1e-7,
@@ -390,7 +365,7 @@ register(
         name="group_norm_forward",
         points=2,
         title="Group-norm forward: normalize groups of C // G consecutive channels with H and W",
-        reference=_gn_reference,
+        reference=answer("06", "group_norm_forward"),
         cases=_forward_cases(group=True),
         diagnose=_gn_diagnose,
         atol=1e-7,
@@ -409,11 +384,12 @@ register(
         name="group_norm_backward",
         points=3,
         title="Group-norm backward: dx, dgamma, dbeta",
-        reference=_gn_backward_reference,
+        reference=answer("06", "group_norm_backward"),
         cases=_backward_cases,
         diagnose=_gn_backward_diagnose,
         atol=1e-7,
         rtol=1e-5,
+        forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
         hints=(
             "dbeta = dout.sum(axis=(0, 2, 3)) and dgamma = (dout * x_hat).sum(axis=(0, 2, 3)): "
             "per channel, summed over everything else.",
@@ -428,7 +404,7 @@ register(
         name="GroupNorm",
         points=2,
         title="A GroupNorm nn.Module from primitive ops that matches torch.nn.GroupNorm",
-        reference=lambda: nn.GroupNorm,
+        reference=answer("06", "GroupNorm"),
         cases=_module_cases,
         run=_module_run,
         diagnose=_module_diagnose,

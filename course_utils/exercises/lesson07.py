@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..experiments.transformer import Block
-from .core import Case, Exercise, compare
+from .core import Case, Exercise, answer, compare
 from .registry import register
 
 PLACEMENTS = ("before", "after")
@@ -18,14 +18,6 @@ PLACEMENTS = ("before", "after")
 # ----------------------------------------------------------------------------------------------
 # 07.assemble_block
 # ----------------------------------------------------------------------------------------------
-
-
-def _assemble_block(layer: nn.Module, norm: nn.Module, act: nn.Module, placement: str) -> nn.Module:
-    if placement == "before":
-        return nn.Sequential(layer, norm, act)
-    if placement == "after":
-        return nn.Sequential(layer, act, norm)
-    raise ValueError(f"placement must be 'before' or 'after', got {placement!r}")
 
 
 def _block_parts(case: Case):
@@ -131,7 +123,7 @@ def _assemble_diagnose(got, expected, case: Case):
         )
     other = "after" if case.meta["placement"] == "before" else "before"
     layer, norm, act, x = _block_parts(case)
-    wrong = _assemble_block(layer, norm, act, other).train()(x).detach()
+    wrong = answer("07", "assemble_block")()(layer, norm, act, other).train()(x).detach()
     if compare(got["output"], wrong, atol=1e-5, rtol=1e-4) is None:
         return (
             f"the output is that of placement={other!r}: for {case.meta['placement']!r} the "
@@ -148,14 +140,6 @@ def _assemble_diagnose(got, expected, case: Case):
 # ----------------------------------------------------------------------------------------------
 # 07.residual_forward
 # ----------------------------------------------------------------------------------------------
-
-
-def _residual_forward(x, fc1, bn1, fc2, bn2, variant):
-    if variant == "original":
-        return F.relu(x + bn2(fc2(F.relu(bn1(fc1(x))))))
-    if variant == "preact":
-        return x + fc2(F.relu(bn2(fc1(F.relu(bn1(x))))))
-    raise ValueError(f"variant must be 'original' or 'preact', got {variant!r}")
 
 
 def _residual_parts(case: Case):
@@ -208,7 +192,7 @@ def _residual_diagnose(got, expected, case: Case):
         return None
     x, fc1, bn1, fc2, bn2, _ = _residual_parts(case)
     other = "preact" if case.meta["variant"] == "original" else "original"
-    wrong = _residual_forward(x, fc1, bn1, fc2, bn2, other).detach()
+    wrong = answer("07", "residual_forward")()(x, fc1, bn1, fc2, bn2, other).detach()
     if compare(got["output"], wrong, atol=1e-5, rtol=1e-4) is None:
         return f"the output is that of variant={other!r}; swap the two orders"
     if case.meta["variant"] == "preact":
@@ -221,13 +205,6 @@ def _residual_diagnose(got, expected, case: Case):
 # ----------------------------------------------------------------------------------------------
 # 07.PreLNBlock
 # ----------------------------------------------------------------------------------------------
-
-
-class _PreLNBlock(Block):
-    """The trusted Pre-LN block: :class:`~course_utils.experiments.transformer.Block`, pre."""
-
-    def __init__(self, d_model: int, n_heads: int, d_ff: int):
-        super().__init__(d_model, n_heads, d_ff, norm_position="pre")
 
 
 def _reference_state(case: Case) -> dict:
@@ -322,7 +299,7 @@ register(
         name="assemble_block",
         points=1,
         title="Assemble layer, norm and activation in the order a placement names",
-        reference=lambda: _assemble_block,
+        reference=answer("07", "assemble_block"),
         cases=_assemble_cases,
         run=_run_assemble,
         diagnose=_assemble_diagnose,
@@ -342,7 +319,7 @@ register(
         name="residual_forward",
         points=2,
         title="The original and the pre-activation residual block, forward",
-        reference=lambda: _residual_forward,
+        reference=answer("07", "residual_forward"),
         cases=_residual_cases,
         run=_run_residual,
         diagnose=_residual_diagnose,
@@ -361,13 +338,14 @@ register(
         name="PreLNBlock",
         points=3,
         title="A Pre-LN transformer block",
-        reference=lambda: _PreLNBlock,
+        reference=answer("07", "PreLNBlock"),
         cases=_pre_ln_cases,
         run=_run_pre_ln,
         diagnose=_pre_ln_diagnose,
         atol=1e-4,
         rtol=1e-4,
-        forbidden=(),
+        # the course's own Block(norm_position="pre") is this exercise's answer
+        forbidden=("Block",),
         hints=(
             "In __init__ create self.ln1 = nn.LayerNorm(d_model), self.attn = "
             "SelfAttention(d_model, n_heads), self.ln2 = nn.LayerNorm(d_model) and self.ff = "

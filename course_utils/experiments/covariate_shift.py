@@ -1,8 +1,8 @@
 """Lesson 02 (activations and covariate shift): the experiments behind the figures.
 
 - :func:`depth_profile`: activation statistics layer by layer at initialization.
-- :func:`activation_stats`: per-layer mean, std and saturated fraction, collected with
-  forward hooks (the trusted reference for the lesson's exercise).
+- ``activation_stats`` (per-layer mean, std and saturated fraction, collected with forward
+  hooks) is the exercise's answer: it lives in :mod:`course_utils.answers.lesson02`.
 - :func:`figure1`: Ioffe & Szegedy's (2015) Figure 1 at small scale: the 15th / 50th / 85th
   percentiles of last-hidden-layer sigmoid inputs over training, and test accuracy.
 - :class:`NoisyBatchNorm` and :func:`noisy_bn`: Santurkar et al.'s (2018) experiment,
@@ -26,7 +26,6 @@ from ..training import evaluate, train
 
 __all__ = [
     "depth_profile",
-    "activation_stats",
     "Figure1",
     "figure1",
     "NoisyBatchNorm",
@@ -71,36 +70,14 @@ def depth_profile(
     }
 
 
-def activation_stats(model: MLP, x: torch.Tensor, threshold: float = 0.97) -> dict[str, np.ndarray]:
-    """Mean, standard deviation and saturated fraction of every hidden layer's activations.
+def __getattr__(name: str):
+    """``activation_stats`` is the exercise's answer: it lives in
+    :mod:`course_utils.answers.lesson02` and is imported from there on first use."""
+    if name == "activation_stats":
+        from ..answers.lesson02 import activation_stats
 
-    Hooks each ``model.blocks[i].act``, runs one forward pass on ``x`` without tracking
-    gradients, and removes the hooks again.
-
-    Args:
-        model: a course MLP with L hidden blocks. x: (N, D_in) inputs.
-        threshold: a value counts as saturated when ``|a| > threshold``.
-    Returns:
-        ``{"mean": (L,), "std": (L,), "saturated": (L,)}`` NumPy float64 arrays; ``std`` is
-        the unbiased standard deviation of all N * width values of a layer.
-    """
-    outputs: list[torch.Tensor] = []
-    handles = [
-        b.act.register_forward_hook(lambda m, i, o: outputs.append(o.detach()))
-        for b in model.blocks
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    a = [o.double() for o in outputs]
-    return {
-        "mean": np.array([float(o.mean()) for o in a]),
-        "std": np.array([float(o.std()) for o in a]),
-        "saturated": np.array([float((o.abs() > threshold).double().mean()) for o in a]),
-    }
+        return activation_stats
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Lesson 01 (input scaling): scalers, gradient descent on a quadratic, and the MNIST sweep.
 
-- :class:`Standardizer`, :class:`MinMaxScaler`, :class:`RobustScaler`: per-feature scalers on
-  (N, D) NumPy arrays with ``fit`` / ``transform`` / ``inverse_transform``; the trusted
-  references for the lesson's exercises.
+- :class:`RobustScaler`: a per-feature scaler on (N, D) NumPy arrays with ``fit`` /
+  ``transform`` / ``inverse_transform``; ``Standardizer``, ``MinMaxScaler``, ``SCALERS`` and
+  ``recommend_scaler`` are the exercises' answers, which live in
+  :mod:`course_utils.answers.lesson01` and are imported from there on first use.
 - Gradient descent on the least-squares loss ``L(w) = mean((X w - y)^2) / 2`` of a 2-D data
   set: :func:`gradient_descent` (the plain loop, for paths), :func:`steps_to_converge`
   (closed form, for sweeps), :func:`condition_number`, :func:`loss_surface`.
@@ -24,11 +25,7 @@ from ..data import MNISTSplit
 from ..training import evaluate, train
 
 __all__ = [
-    "Standardizer",
-    "MinMaxScaler",
     "RobustScaler",
-    "SCALERS",
-    "recommend_scaler",
     "hessian",
     "condition_number",
     "gradient_descent",
@@ -48,58 +45,6 @@ def _as_2d(X) -> np.ndarray:
     if X.ndim != 2:
         raise ValueError(f"expected an (N, D) array, got shape {X.shape}")
     return X
-
-
-class Standardizer:
-    """Per-feature standardization ``z = (x - mean) / std``, statistics from ``fit`` only.
-
-    ``std`` is the population standard deviation (``ddof=0``); a constant feature (std 0)
-    gets scale 1, so it maps to 0 instead of NaN.
-
-    Attributes after ``fit``: ``mean_`` and ``scale_``, both shape (D,).
-    """
-
-    def fit(self, X) -> Standardizer:
-        """Learn ``mean_`` and ``scale_`` from X (N, D); returns self."""
-        X = _as_2d(X)
-        self.mean_ = X.mean(axis=0)
-        std = X.std(axis=0)
-        self.scale_ = np.where(std > 0, std, 1.0)
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        """(N, D) -> (N, D) with the statistics learned by ``fit``."""
-        return (_as_2d(X) - self.mean_) / self.scale_
-
-    def inverse_transform(self, Z) -> np.ndarray:
-        """Undo ``transform``: (N, D) -> (N, D)."""
-        return _as_2d(Z) * self.scale_ + self.mean_
-
-
-class MinMaxScaler:
-    """Per-feature min-max scaling to [0, 1]: ``(x - min) / (max - min)``.
-
-    A constant feature (range 0) gets range 1, so it maps to 0. Data outside the fitted
-    range (test data) maps outside [0, 1]; that is expected.
-
-    Attributes after ``fit``: ``min_`` and ``range_``, both shape (D,).
-    """
-
-    def fit(self, X) -> MinMaxScaler:
-        """Learn ``min_`` and ``range_`` from X (N, D); returns self."""
-        X = _as_2d(X)
-        self.min_ = X.min(axis=0)
-        rng = X.max(axis=0) - self.min_
-        self.range_ = np.where(rng > 0, rng, 1.0)
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        """(N, D) -> (N, D) with the statistics learned by ``fit``."""
-        return (_as_2d(X) - self.min_) / self.range_
-
-    def inverse_transform(self, Z) -> np.ndarray:
-        """Undo ``transform``: (N, D) -> (N, D)."""
-        return _as_2d(Z) * self.range_ + self.min_
 
 
 class RobustScaler:
@@ -126,27 +71,30 @@ class RobustScaler:
         return _as_2d(Z) * self.scale_ + self.center_
 
 
-SCALERS = {"standard": Standardizer, "minmax": MinMaxScaler, "robust": RobustScaler}
+_ANSWERS = {
+    "Standardizer": "Standardizer",
+    "MinMaxScaler": "MinMaxScaler",
+    "recommend_scaler": "choose_scaler",
+}
 
 
-def recommend_scaler(x, bounded_range: bool = False, threshold: float = 10.0) -> str:
-    """The lesson's rule of thumb for one feature: ``"robust"``, ``"minmax"`` or ``"standard"``.
+def __getattr__(name: str):
+    """``Standardizer``, ``MinMaxScaler``, ``recommend_scaler`` and ``SCALERS`` come from
+    :mod:`course_utils.answers.lesson01` (the one home of the exercises' answers), imported on
+    first use so that importing this module never imports an answer."""
+    if name in _ANSWERS:
+        from ..answers import lesson01
 
-    Args:
-        x: the feature's training values, shape (N,).
-        bounded_range: the model or the data format requires values in a fixed range.
-        threshold: a value farther than ``threshold`` interquartile ranges from the median
-            counts as an outlier.
-    Returns:
-        ``"robust"`` if the feature has outliers (this takes precedence), else ``"minmax"``
-        if a bounded range is required, else ``"standard"``.
-    """
-    x = np.asarray(x, dtype=np.float64).reshape(-1)
-    q25, q50, q75 = np.percentile(x, [25, 50, 75])
-    iqr = q75 - q25
-    if iqr > 0 and np.max(np.abs(x - q50)) > threshold * iqr:
-        return "robust"
-    return "minmax" if bounded_range else "standard"
+        return getattr(lesson01, _ANSWERS[name])
+    if name == "SCALERS":
+        from ..answers import lesson01
+
+        return {
+            "standard": lesson01.Standardizer,
+            "minmax": lesson01.MinMaxScaler,
+            "robust": RobustScaler,
+        }
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------

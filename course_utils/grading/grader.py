@@ -1,16 +1,18 @@
-"""Grading a batch of submissions: read, scan, run sandboxed, score.
+"""Grading a batch of submissions: read, scan, run sandboxed, judge.
 
-    results = grade([Path("submissions/")], seed=0, timeout=10)
+    results = grade([Path("submissions/")])           # the instructor's secret seed
+    results = grade([Path("submissions/")], seed=7)   # a given seed (a re-grade)
 
 The hidden cases of an exercise come from ``numpy.random.default_rng([seed, crc32(key)])``,
-key being the exercise's ``seed_group`` or else its id:
-the same seed gives the same tests (and the same scores), another seed other tests.
+key being the exercise's ``seed_group`` or else its id: the same seed gives the same tests
+(and the same scores), another seed other tests. Every failure while reading or scoring one
+submission becomes that submission's 0 with a reason; the batch always finishes.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib
+import inspect
+import pickle
 import shutil
 import tempfile
 import zlib
@@ -22,25 +24,24 @@ import numpy as np
 from ..exercises.core import Exercise
 from ..exercises.notebook import VISIBLE_SEED
 from ..exercises.registry import all_exercises
-from .expected import ExpectedCache
-from .jobs import Job
-from .notebooks import Submission, find_notebooks, read_submission
+from .isolation import INSTALL_HINT, resolve_isolation
+from .jobs import Job, Task
+from .notebooks import find_notebooks, read_submission
 from .results import SubmissionResult
-from .runner import run_jobs
-from .sandbox import Task
-from .scan import scan_cell
-from .scoring import score_job, score_unreadable
+from .runner import SandboxFailure, run_jobs
+from .scan import scan_cell, scan_setup
+from .scoring import line, score_job, score_unreadable
+from .secret import instructor_seed, seed_file
 
-__all__ = ["grade", "default_catalog", "make_task", "DEFAULT_SEED", "GradeError"]
+__all__ = ["grade", "default_catalog", "make_task", "GradeError", "DEFAULT_TIMEOUT"]
 
-DEFAULT_SEED = 0
-# Packages a setup cell may import that the grader imports once, before forking, so each
-# child does not pay for them again (matplotlib alone costs ~0.3 s).
-_PREWARM_ROOTS = {"numpy", "torch", "matplotlib", "course_utils", "scipy", "IPython", "ipywidgets"}
+DEFAULT_TIMEOUT = 10.0
+# Packages whose code the sandbox cannot import: a run driver may not live there.
+_NOT_IN_SANDBOX = ("course_utils.answers", "course_utils.reference", "course_utils.grading")
 
 
 class GradeError(Exception):
-    """The grader cannot run (no notebooks, bad paths)."""
+    """The grader cannot run (no notebooks, bad paths, no sandbox)."""
 
 
 def default_catalog() -> dict[str, list[Exercise]]:
@@ -51,11 +52,25 @@ def default_catalog() -> dict[str, list[Exercise]]:
     return catalog
 
 
-def make_task(ex: Exercise, seed: int) -> Task:
+def _driver(ex: Exercise) -> tuple[str, str]:
+    """Where the sandbox imports ``ex.run`` from: (module, qualified name)."""
+    module = getattr(ex.run, "__module__", None)
+    qualname = getattr(ex.run, "__qualname__", "")
+    if not module or not qualname or "<" in qualname:
+        raise GradeError(
+            f"exercise {ex.id}: its run driver must be a module-level function (the sandbox "
+            f"imports it by name), not {qualname or type(ex.run).__name__}"
+        )
+    if module.startswith(_NOT_IN_SANDBOX):
+        raise GradeError(f"exercise {ex.id}: its run driver lives in {module}, outside the sandbox")
+    return module, qualname
+
+
+def make_task(ex: Exercise, seed: int, timeout: float = DEFAULT_TIMEOUT) -> Task:
     """The cases the grader runs for ``ex``: the visible ones, then the hidden ones.
 
-    Hidden cases use a generator seeded from ``seed`` and the exercise id, so they differ
-    from the visible cases and from one seed to another, but not between runs.
+    Hidden cases use a generator seeded from ``seed`` and the exercise id (or seed group), so
+    they differ from the visible cases and from one seed to another, but not between runs.
     """
     visible = ex.cases(np.random.default_rng(VISIBLE_SEED), False)
     key = ex.seed_group or ex.id
@@ -65,55 +80,91 @@ def make_task(ex: Exercise, seed: int) -> Task:
         for i, case in enumerate(group, 1):
             label = f"{kind} test {i} of {len(group)}" + (f" ({case.label})" if case.label else "")
             cases.append((label, case, kind == "hidden"))
-    return Task(ex.id, ex.name, ex.run, cases, ex.time_limit)  # type: ignore[arg-type]
+    driver = _driver(ex)
+    try:
+        payloads = [pickle.dumps(c, protocol=pickle.HIGHEST_PROTOCOL) for _, c, _ in cases]
+    except Exception as e:
+        raise GradeError(f"exercise {ex.id}: its test cases cannot be sent ({e})") from None
+    return Task(
+        exercise=ex,
+        driver=driver,
+        cases=cases,  # type: ignore[arg-type]
+        payloads=payloads,
+        share=(key, *driver),
+        budget=max(timeout, ex.time_limit or 0.0),
+    )
 
 
-def _prewarm(subs: Sequence[Submission]) -> None:
-    """Import, in the grader, the common packages the setup cells import."""
-    names: set[str] = set()
-    for sub in subs:
-        for cell in sub.setup:
-            try:
-                tree = ast.parse(cell.source)
-            except (SyntaxError, ValueError):
+def _driver_files(catalog: Mapping[str, Sequence[Exercise]]) -> dict[str, str]:
+    """Files of run drivers outside the course package (a test catalog), by module name."""
+    files = {}
+    for exercises in catalog.values():
+        for ex in exercises:
+            module, _ = _driver(ex)
+            if module == "course_utils" or module.startswith("course_utils."):
                 continue
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    names.update(a.name for a in node.names)
-                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                    names.add(node.module)
-    for name in sorted(names):
-        if name.split(".")[0] in _PREWARM_ROOTS:
             try:
-                importlib.import_module(name)
-            except Exception:  # a child will report the failed import where it matters
-                pass
+                files[module] = str(Path(inspect.getsourcefile(ex.run) or "").resolve())
+            except TypeError:
+                raise GradeError(f"exercise {ex.id}: cannot find the file of its driver") from None
+    return files
+
+
+def _preload() -> list[str]:
+    """What each zygote imports besides numpy, torch and the exercises: every experiments
+    module (the notebooks' setup cells import them)."""
+    import pkgutil
+
+    from .. import experiments
+
+    return [
+        f"course_utils.experiments.{m.name}" for m in pkgutil.iter_modules(experiments.__path__)
+    ]
+
+
+def _grader_error(sub: object, exercises: list, what: str, e: BaseException) -> SubmissionResult:
+    res = score_unreadable(
+        sub,
+        exercises,
+        line(f"the grader failed on this submission ({what}: {type(e).__name__}: {e})"),
+    )
+    res.grader_error = True
+    return res
 
 
 def grade(
     paths: Sequence[Path | str],
     *,
-    seed: int = DEFAULT_SEED,
-    timeout: float = 10.0,
+    seed: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
     memory_mb: int = 1024,
     workers: int = 2,
     catalog: Mapping[str, Sequence[Exercise]] | None = None,
     on_result: Callable[[SubmissionResult], None] | None = None,
+    isolation: str = "sandbox",
+    stats: dict | None = None,
 ) -> list[SubmissionResult]:
     """Grade notebooks (files, or folders searched for ``*.ipynb``).
 
     Args:
         paths: notebook files and folders of notebooks (one notebook per student).
-        seed: seeds the hidden tests.
-        timeout: seconds per cell and per exercise.
-        memory_mb: address space each sandboxed child may use beyond the grader's own.
-        workers: submissions run at once.
+        seed: seeds the hidden tests; None: the instructor's secret seed
+            (:func:`~course_utils.grading.secret.instructor_seed`).
+        timeout: seconds per cell, and per exercise (all its cases together) at least.
+        memory_mb: address space each sandboxed child may use beyond its zygote's.
+        workers: submissions run at once (one sandbox each).
         catalog: lesson -> exercises (default: every registered exercise).
         on_result: called with each result as soon as it is ready.
+        isolation: ``"sandbox"`` (bubblewrap; refuse to grade where it cannot run),
+            ``"none"`` (plain processes: trusted notebooks only) or ``"auto"`` (the sandbox
+            where available, else plain processes: a learner's own notebooks).
+        stats: a dict to fill with ``sandbox_cpu_s`` (CPU seconds used in the sandboxes) and
+            ``zygotes_started`` (for benchmarks).
     Returns:
-        One :class:`SubmissionResult` per notebook, in the order found.
+        One :class:`SubmissionResult` per notebook, in the order found; a result whose
+        ``grader_error`` is set means the grader itself failed on it.
     Raises:
-        GradeError: a path does not exist, or no notebook was found.
+        GradeError: a path does not exist, no notebook was found, no sandbox, a bad catalog.
     """
     notebooks, errors = find_notebooks([Path(p) for p in paths])
     missing = [e for e in errors if e.endswith("no such file or folder")]
@@ -121,60 +172,89 @@ def grade(
         raise GradeError("; ".join(missing))
     if not notebooks:
         raise GradeError("no notebooks found" + (f" ({'; '.join(errors)})" if errors else ""))
+    mode, problem = resolve_isolation(isolation)
+    if problem is not None and mode == "sandbox":
+        raise GradeError(
+            f"refusing to run untrusted notebooks without a sandbox: {problem}; {INSTALL_HINT}"
+        )
+    if seed is None:
+        try:
+            seed = instructor_seed()
+        except (OSError, ValueError) as e:
+            raise GradeError(f"cannot read or create the secret seed {seed_file()}: {e}") from None
     catalog = {
         k: list(v) for k, v in (catalog if catalog is not None else default_catalog()).items()
     }
-    subs = [read_submission(p, catalog) for p in notebooks]
-    _prewarm(subs)
+    driver_files = _driver_files(catalog)
 
+    results: list[SubmissionResult | None] = [None] * len(notebooks)
     tasks: dict[str, Task] = {}
-    results: list[SubmissionResult | None] = [None] * len(subs)
     jobs: list[Job] = []
     slot: dict[int, int] = {}
-    for i, sub in enumerate(subs):
-        exercises = catalog.get(sub.lesson or "", [])
-        if sub.problem or not exercises:
-            results[i] = score_unreadable(sub, exercises)
-            if on_result:
-                on_result(results[i])
-            continue
-        for ex in exercises:
-            if ex.id not in tasks and ex.id in sub.exercises:
-                tasks[ex.id] = make_task(ex, seed)
-        setup_sources = [c.source for c in sub.setup]
-        job = Job(
-            submission=sub,
-            exercises=exercises,
-            tasks=[tasks[ex.id] for ex in exercises if ex.id in sub.exercises],
-            static={
-                ex.id: scan_cell(sub.exercises[ex.id].source, setup_sources, ex.forbidden)
-                for ex in exercises
-                if ex.id in sub.exercises
-            },
-        )
-        slot[id(job)] = i
-        jobs.append(job)
 
-    cache = ExpectedCache()
-
-    def done(job: Job) -> None:
-        res = score_job(job, cache)
-        results[slot[id(job)]] = res
+    def publish(i: int, res: SubmissionResult) -> None:
+        results[i] = res
         if on_result:
             on_result(res)
 
+    for i, path in enumerate(notebooks):
+        sub = read_submission(path, catalog)
+        exercises = catalog.get(sub.lesson or "", [])
+        if sub.problem or not exercises:
+            publish(i, score_unreadable(sub, exercises))
+            continue
+        try:
+            job = Job(submission=sub, exercises=exercises, tasks=[])
+            for ex in exercises:
+                cell = sub.exercises.get(ex.id)
+                if cell is None:
+                    continue
+                reasons = scan_cell(cell, sub.setup, ex.forbidden) + scan_setup(sub.setup, ex.name)
+                if reasons:
+                    job.static[ex.id] = reasons
+                    continue
+                if ex.id not in tasks:
+                    tasks[ex.id] = make_task(ex, seed, timeout)
+                job.tasks.append(tasks[ex.id])
+        except GradeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one submission, never the batch
+            publish(i, _grader_error(sub, exercises, "reading it", e))
+            continue
+        slot[id(job)] = i
+        jobs.append(job)
+
+    def done(job: Job) -> None:
+        i = slot.pop(id(job))
+        try:
+            res = score_job(job)
+        except Exception as e:  # noqa: BLE001 - one submission, never the batch
+            res = _grader_error(job.submission, job.exercises, "scoring it", e)
+        job.release()
+        publish(i, res)
+
     workdir = tempfile.mkdtemp(prefix="course-grade-")
     try:
-        run_jobs(
+        used = run_jobs(
             jobs,
             timeout=timeout,
             memory_mb=memory_mb,
             workers=workers,
             workdir=workdir,
+            mode=mode,
+            driver_files=driver_files,
+            preload=_preload(),
             on_done=done,
-            forget=cache.scrub,
         )
+        if stats is not None:
+            stats.update(used)
+    except SandboxFailure as e:
+        for job in jobs:
+            if id(job) in slot:
+                publish(
+                    slot.pop(id(job)),
+                    _grader_error(job.submission, job.exercises, "its sandbox", e),
+                )
     finally:
-        cache.scrub()  # a later grade() in this process forks children too
         shutil.rmtree(workdir, ignore_errors=True)
     return [r for r in results if r is not None]

@@ -1,20 +1,67 @@
-"""The state of one submission's grading across child processes.
+"""The grader's record of one submission while it is graded, across sandboxed children.
 
-A job starts a child with the cells and exercises still to run. When a child dies or runs out
-of time, the step it was on is charged (the cell is skipped from then on, or the exercise
-gets its verdict) and a fresh child carries on with the rest, so one bad cell or exercise
-never costs another one its points.
+A :class:`Job` knows the cells to run and, per exercise, the :class:`Task` (driver and test
+cases, built by the grader); it collects what each step produced. When a child dies or runs
+out of time, the step it was on is charged (the cell is skipped from then on, or the
+exercise gets its verdict) and a fresh child carries on with the rest, so one bad cell or
+exercise never costs another one its points. Every verdict is decided here, in the grader.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..exercises.core import Exercise
-from .notebooks import Submission
-from .sandbox import ChildSpec, Task
+from ..exercises.core import Case, Exercise
+from .notebooks import Cell, Submission
 
-__all__ = ["Job"]
+__all__ = ["Task", "Outcome", "Job"]
+
+
+@dataclass
+class Task:
+    """One exercise as the grader runs it: the learner's name, the driver the sandbox
+    imports by name, the labelled cases (visible first) and their pickled form.
+
+    Attributes:
+        share: exercises with the same ``share`` (seed group and driver) get the same outputs
+            from one run of each case (the capstone's four parts: one training per seed).
+        budget: seconds the exercise's cases may take together (set by the grader).
+    """
+
+    exercise: Exercise
+    driver: tuple[str, str]  # (module, qualified name)
+    cases: list[tuple[str, Case, bool]]  # (label, case, hidden)
+    payloads: list[bytes]
+    share: tuple
+    budget: float
+
+    @property
+    def exercise_id(self) -> str:
+        return self.exercise.id
+
+
+@dataclass
+class Outcome:
+    """What the grader learned about one exercise of a job.
+
+    Attributes:
+        missing: the learner's namespace had no object of the exercise's name.
+        died: how the child died (or ran out of time) during the exercise.
+        calls, patched, tampered: the best-effort trap's reports.
+        verdict: ``(passed, feedback)`` from the cases, once decided.
+    """
+
+    missing: bool = False
+    died: str | None = None
+    calls: list[str] = field(default_factory=list)
+    patched: list[str] = field(default_factory=list)
+    tampered: bool = False
+    verdict: tuple[bool, str] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.missing or self.died is not None or self.verdict is not None
 
 
 @dataclass
@@ -24,12 +71,14 @@ class Job:
     Attributes:
         submission: the parsed notebook.
         exercises: the lesson's exercises, in order.
-        tasks: one per exercise whose cell was found (same order).
+        tasks: one per exercise whose cell was found and is to run (same order).
         static: exercise id -> reasons found by the static scan.
         skip: indices of cells that killed a child or ran out of time (not run again).
         cell_errors: cell index -> the error it raised (or how it died).
         cell_patches: cell index -> numpy/torch attributes it changed.
-        outcomes: exercise id -> the child's report, or ``{"died": reason}``.
+        outcomes: exercise id -> :class:`Outcome`.
+        shared: (share, case index) -> a case's result, for the exercises that share it.
+        failures: children lost outside any step (the sandbox itself died); bounded.
     """
 
     submission: Submission
@@ -39,41 +88,42 @@ class Job:
     skip: set[int] = field(default_factory=set)
     cell_errors: dict[int, str] = field(default_factory=dict)
     cell_patches: dict[int, list[str]] = field(default_factory=dict)
-    outcomes: dict[str, dict] = field(default_factory=dict)
-    stray_failures: int = 0
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    shared: dict[tuple, Any] = field(default_factory=dict)
+    failures: int = 0
+
+    def outcome(self, exercise_id: str) -> Outcome:
+        return self.outcomes.setdefault(exercise_id, Outcome())
 
     def pending(self) -> list[Task]:
-        """Exercises without an outcome yet."""
-        return [t for t in self.tasks if t.exercise_id not in self.outcomes]
+        """Tasks without a decided outcome yet."""
+        return [t for t in self.tasks if not self.outcome(t.exercise_id).done]
 
-    def next_spec(self, memory_mb: int, workdir: str) -> ChildSpec | None:
-        """What the next child should run, or None when the job is finished."""
-        tasks = self.pending()
-        if not tasks:
-            return None
-        forbidden: set[str] = set()
-        for ex in self.exercises:
-            forbidden.update(ex.forbidden)
-        cells = [c for c in self.submission.program if c.index not in self.skip]
-        return ChildSpec(cells, tasks, forbidden, memory_mb, workdir)
+    def cells(self) -> list[Cell]:
+        """The cells the next child runs (those that killed a child are skipped)."""
+        return [c for c in self.submission.program if c.index not in self.skip]
 
-    def charge(self, stage: tuple[str, object] | None, reason: str) -> None:
-        """A child died (or timed out) during ``stage``: record it so the next child moves on.
+    def charge(self, step: tuple | None, reason: str) -> None:
+        """A child died (or timed out) during ``step``: record it so the next child moves on.
 
         Args:
-            stage: ``("cell", index)``, ``("ex", exercise id)`` or None (between steps).
+            step: ``("cell", index)``, ``("case", task, case index)`` or None (outside any
+                learner step: the sandbox itself failed).
             reason: one line saying how it died.
         """
-        if stage is not None and stage[0] == "cell":
-            index = int(stage[1])  # type: ignore[arg-type]
-            self.skip.add(index)
-            self.cell_errors[index] = reason
-        elif stage is not None and stage[0] == "ex":
-            self.outcomes[str(stage[1])] = {"died": reason}
+        if step is not None and step[0] == "cell":
+            self.skip.add(step[1])
+            self.cell_errors[step[1]] = reason
+        elif step is not None and step[0] == "case":
+            self.outcome(step[1].exercise_id).died = reason
         else:
-            # Died outside any learner step (should not happen); give up after a few tries
-            # rather than loop, charging what is left.
-            self.stray_failures += 1
-            if self.stray_failures >= 3:
+            self.failures += 1
+            if self.failures >= 3:  # never loop on a sandbox that keeps failing
                 for t in self.pending():
-                    self.outcomes[t.exercise_id] = {"died": f"the grader's worker failed: {reason}"}
+                    self.outcome(t.exercise_id).died = f"could not be graded: {reason}"
+
+    def release(self) -> None:
+        """Drop what was kept for scoring (outputs, cells): the job is scored."""
+        self.shared.clear()
+        self.outcomes.clear()
+        self.tasks = []

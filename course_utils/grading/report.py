@@ -5,12 +5,53 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from .results import SubmissionResult
 
-__all__ = ["format_table", "format_feedback", "to_json", "write_json", "write_csv"]
+__all__ = [
+    "format_table",
+    "format_feedback",
+    "to_json",
+    "write_json",
+    "write_csv",
+    "report_path_problem",
+]
+
+
+def report_path_problem(path: Path) -> str | None:
+    """Why a report cannot be written at ``path`` (None: it can)."""
+    if not path.parent.resolve().is_dir():
+        return f"folder {path.parent} does not exist"
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+        kind = "a symbolic link" if path.is_symlink() else "not a regular file"
+        return f"{path} is {kind}; the grader writes reports only as regular files"
+    return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a new file next to ``path``, then rename it over ``path``: a report
+    is never half-written, and never written through a symbolic link or into a FIFO that
+    stands at ``path`` (the rename replaces the link itself)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _pts(score: float, max_score: float) -> str:
@@ -59,15 +100,14 @@ def format_feedback(results: Sequence[SubmissionResult]) -> str:
 
 def to_json(results: Sequence[SubmissionResult], seed: int) -> dict:
     """``{"seed", "submissions": [{"path", "lesson", "score", "max_score", "note",
-    "exercises": [{"id", "score", "max_score", "feedback"}]}]}``."""
+    "exercises": [{"id", "score", "max_score", "feedback"}]}]}``; ``seed`` is the one the
+    hidden tests used (``--seed`` reproduces them: keep the file from the learners)."""
     return {"seed": seed, "submissions": [r.to_dict() for r in results]}
 
 
 def write_json(results: Sequence[SubmissionResult], path: Path, seed: int) -> None:
-    """Write :func:`to_json` to ``path`` (UTF-8, indented)."""
-    path.write_text(
-        json.dumps(to_json(results, seed), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    """Write :func:`to_json` to ``path`` (UTF-8, indented; atomically)."""
+    _write_atomic(path, json.dumps(to_json(results, seed), indent=1, ensure_ascii=False) + "\n")
 
 
 def write_csv(results: Sequence[SubmissionResult], path: Path) -> None:
@@ -90,4 +130,4 @@ def write_csv(results: Sequence[SubmissionResult], path: Path) -> None:
                 f"{r.max_score:g}",
             ]
         )
-    path.write_text(buf.getvalue(), encoding="utf-8")
+    _write_atomic(path, buf.getvalue())

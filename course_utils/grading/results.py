@@ -34,12 +34,15 @@ class SubmissionResult:
         lesson: ``"03"``, or ``"?"`` when it could not be recognised.
         exercises: one result per exercise of the lesson, in lesson order.
         note: a submission-level remark ("not valid JSON", "lesson recognised from ...").
+        grader_error: the grader itself failed on this submission (its scores are 0 and the
+            command exits non-zero); never set by anything a submission does.
     """
 
     path: str
     lesson: str
     exercises: list[ExerciseResult] = field(default_factory=list)
     note: str = ""
+    grader_error: bool = False
 
     @property
     def score(self) -> float:

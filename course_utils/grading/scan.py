@@ -1,12 +1,18 @@
-"""Static checks of an exercise cell, before anything runs: does it reach for the answer?
+"""Static checks of an exercise cell, before anything runs (best effort, like the runtime
+trap: the answers themselves are out of reach by isolation, not by these rules).
 
-Three things score an exercise 0 whatever its outputs:
+These score an exercise 0 whatever its outputs:
 
-* calling torch's own normalization (``F.batch_norm``, ``nn.LayerNorm``, ``torch.rms_norm``,
-  the ATen entry points; the exercise's ``forbidden`` names);
-* using the course's answers: ``course_utils.reference``, the lesson modules of
-  ``course_utils.exercises``, or the ``solutions`` notebooks;
-* patching numpy or torch (assigning to, deleting or ``setattr`` on their attributes).
+* calling a forbidden name (the exercise's ``forbidden``: torch's own normalization in any
+  form, ``F.batch_norm``, ``nn.LayerNorm``, ``torch.ops.aten.native_batch_norm_backward``;
+  autograd, ``y.backward(...)``, where the backward must be derived by hand; a course helper
+  that is the exercise's answer);
+* reaching for the course's answers or grading code: ``course_utils.answers``,
+  ``course_utils.reference``, the lesson modules of ``course_utils.exercises``,
+  ``course_utils.grading``, or the ``solutions`` notebooks;
+* patching numpy or torch (assigning to, deleting or ``setattr`` on their attributes);
+* a setup cell that (re)defines the exercise's name (the graded object must come from the
+  exercise cell).
 
 The scan resolves the aliases the setup cells and the cell itself import (``import numpy
 as xp``, ``from torch.nn import functional as G``), so renaming a module does not hide a
@@ -18,7 +24,9 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable, Sequence
 
-__all__ = ["scan_cell", "import_aliases", "is_answer_module"]
+from .notebooks import Cell
+
+__all__ = ["scan_cell", "scan_setup", "import_aliases", "is_answer_module"]
 
 _DEFAULT_ALIASES = {
     "np": "numpy",
@@ -32,27 +40,34 @@ _PATCHABLE_ROOTS = ("numpy", "torch")
 _ALLOWED_FROM_EXERCISES = {"check", "hint", "verify", "reset_hints", "Verdict"}
 
 
+_ANSWER_PACKAGES = (
+    "course_utils.answers",
+    "course_utils.reference",
+    "course_utils.exercises",
+    "course_utils.grading",
+    "solutions",
+)
+# Where a forbidden name counts: torch's own, and the course's helper modules (a helper that
+# is an exercise's answer, such as experiments.transformer.Block, is forbidden by name).
+_FORBIDDEN_ROOTS = ("torch", "course_utils")
+
+
 def is_answer_module(module: str) -> bool:
-    """True for modules that hold the course's answers (reference code, exercise modules,
-    the solution notebooks)."""
-    return (
-        module == "course_utils.reference"
-        or module.startswith("course_utils.reference.")
-        or module == "course_utils.exercises"
-        or module.startswith("course_utils.exercises.")
-        or module == "solutions"
-        or module.startswith("solutions.")
-    )
+    """True for modules that hold the course's answers or grading code (answers, reference
+    implementations, exercise modules, the grader, the solution notebooks)."""
+    return any(module == p or module.startswith(p + ".") for p in _ANSWER_PACKAGES)
 
 
-def _parse(source: str) -> ast.Module | None:
+def _parse(source: str | Cell) -> ast.Module | None:
+    if isinstance(source, Cell):
+        return source.tree
     try:
         return ast.parse(source)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
         return None
 
 
-def import_aliases(sources: Iterable[str]) -> dict[str, str]:
+def import_aliases(sources: Iterable[str | Cell]) -> dict[str, str]:
     """Local name -> dotted origin for every import in ``sources`` (later ones win).
 
     ``import numpy as np`` gives ``np -> numpy``; ``from torch import nn`` gives
@@ -101,20 +116,35 @@ def _forbidden_use(node: ast.AST, aliases: dict[str, str], forbidden: set[str]) 
         shown = ast.unparse(node)
         # self.layer_norm and friends are the learner's own attributes; anything reached
         # from torch (or through an unknown chain that passes torch's C modules) is not.
-        if dotted is not None and dotted.split(".")[0] == "torch":
-            return f"uses torch's own normalization `{shown}`{_line(node)}"
+        if dotted is not None and dotted.split(".")[0] in _FORBIDDEN_ROOTS:
+            return f"uses `{shown}`, which is forbidden in this exercise{_line(node)}"
         if dotted is None and any(p in shown for p in ("torch", "_C", "aten", "ops")):
-            return f"uses torch's own normalization `{shown}`{_line(node)}"
-    if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "torch":
+            return f"uses `{shown}`, which is forbidden in this exercise{_line(node)}"
+    if (
+        isinstance(node, ast.ImportFrom)
+        and node.module
+        and node.module.split(".")[0] in _FORBIDDEN_ROOTS
+    ):
         for a in node.names:
             if a.name in forbidden:
                 return (
-                    f"imports torch's own normalization `{a.name}` from {node.module}{_line(node)}"
+                    f"imports `{a.name}` from {node.module}, which is forbidden in this "
+                    f"exercise{_line(node)}"
                 )
     if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
         origin = aliases.get(node.id, "")
-        if origin.split(".")[0] == "torch" and origin.rsplit(".", 1)[-1] in forbidden:
-            return f"uses torch's own normalization `{node.id}` ({origin}){_line(node)}"
+        if origin.split(".")[0] in _FORBIDDEN_ROOTS and origin.rsplit(".", 1)[-1] in forbidden:
+            return f"uses `{node.id}` ({origin}), which is forbidden in this exercise{_line(node)}"
+    if (
+        "backward" in forbidden
+        and isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "backward"
+    ):
+        return (
+            f"calls `{ast.unparse(node.func)}()` (autograd){_line(node)} - this exercise asks "
+            "for the backward pass derived by hand"
+        )
     return None
 
 
@@ -132,7 +162,12 @@ def _answer_use(node: ast.AST, aliases: dict[str, str]) -> str | None:
             if is_answer_module(node.module) or is_answer_module(full):
                 return f"imports {full}, which holds the course's answers{_line(node)}"
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        for needle in ("course_utils.reference", "course_utils.exercises.lesson"):
+        for needle in (
+            "course_utils.answers",
+            "course_utils.reference",
+            "course_utils.exercises.lesson",
+            "course_utils.grading",
+        ):
             if needle in node.value:
                 return f"refers to {needle}, which holds the course's answers{_line(node)}"
     if isinstance(node, (ast.Attribute, ast.Name)) and isinstance(node.ctx, ast.Load):
@@ -206,16 +241,41 @@ def _bound_names(tree: ast.Module) -> set[str]:
     return names
 
 
+def scan_setup(setup: Sequence[str | Cell], name: str) -> list[str]:
+    """Reasons when a setup cell binds ``name`` (def, class, assignment, import): the graded
+    object must be the one the exercise cell defines, not one a setup cell slips in."""
+    reasons = []
+    for cell in setup:
+        tree = _parse(cell)
+        if tree is None or name not in _bound_names(tree) | _imported_names(tree):
+            continue
+        where = f"cell {cell.index}" if isinstance(cell, Cell) else "a setup cell"
+        reasons.append(
+            f"a setup cell ({where}) defines `{name}` - write it in the exercise cell only"
+        )
+    return reasons
+
+
+def _imported_names(tree: ast.Module) -> set[str]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return out
+
+
 def scan_cell(
-    source: str, setup_sources: Sequence[str] = (), forbidden: Iterable[str] = ()
+    source: str | Cell,
+    setup_sources: Sequence[str | Cell] = (),
+    forbidden: Iterable[str] = (),
 ) -> list[str]:
     """Static reasons an exercise cell scores 0, one sentence each (empty: nothing found).
 
     Args:
-        source: the exercise cell (plain Python).
+        source: the exercise cell (plain Python, or a parsed :class:`Cell`).
         setup_sources: the setup cells, whose imports define the aliases the cell uses.
         forbidden: the exercise's forbidden names (``Exercise.forbidden``); empty turns the
-            torch-normalization rule off (the course-answers and patching rules stay).
+            forbidden-call rule off (the course-answers and patching rules stay).
     """
     tree = _parse(source)
     if tree is None:

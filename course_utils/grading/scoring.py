@@ -1,15 +1,14 @@
-"""Turning what a job recorded into points and one line of feedback per exercise.
+"""Verdicts: judging each case's output as it arrives, and turning a finished job into points
+and one line of feedback per exercise.
 
-Runs in the grader's process: expected values come from the exercise's reference here
-(once per case, see :mod:`.expected`), and the learner's outputs only as decoded plain
-data. An exercise earns its points only if every visible and hidden case passes and nothing
-disqualifies it.
+Runs in the grader's process only: expected values come from the answers here (once per
+case, see :mod:`.expected`), the learner's outputs arrive as decoded plain data. An exercise
+earns its points only if every visible and hidden case passes and nothing disqualifies it.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import re
 import warnings
 from typing import Any
@@ -18,25 +17,25 @@ import numpy as np
 
 from ..exercises.core import Exercise
 from ..exercises.notebook import describe_exception
-from . import wire
+from ..sandbox import wire
+from ..sandbox.traps import COURSE_CODE_LABEL
 from .expected import ExpectedCache
-from .jobs import Job
+from .jobs import Job, Outcome, Task
 from .results import ExerciseResult, SubmissionResult
-from .sandbox import Task
-from .traps import ANSWER_LABEL
 
-__all__ = ["score_job", "score_unreadable"]
+__all__ = ["judge_result", "forbidden_calls", "score_job", "score_unreadable", "line"]
 
 _MAX_FEEDBACK = 400
 
 
-def _line(text: str) -> str:
+def line(text: str) -> str:
+    """One line of at most 400 characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= _MAX_FEEDBACK else text[: _MAX_FEEDBACK - 3] + "..."
 
 
 def _points(ex: Exercise, ok: bool, feedback: str) -> ExerciseResult:
-    return ExerciseResult(ex.id, ex.points if ok else 0, ex.points, _line(feedback))
+    return ExerciseResult(ex.id, ex.points if ok else 0, ex.points, line(feedback))
 
 
 def _not_attempted(ex: Exercise) -> str:
@@ -60,69 +59,90 @@ def _typed_unsupported(value: Any) -> Any:
     return value
 
 
-def _judge(ex: Exercise, encoded: Any, case: Any, expected: Any) -> str | None:
-    """Compare one decoded output with the reference's."""
-    try:
-        got = _typed_unsupported(wire.decode(encoded))
-    except (wire.WireError, ValueError, TypeError) as e:
-        return f"the output could not be read back ({e})"
+def forbidden_calls(ex: Exercise, calls: list[str]) -> list[str]:
+    """The recorded calls that disqualify ``ex``: the course's grading code always; a
+    forbidden name unless the exercise allows it (``forbidden=()``)."""
+    forbidden = set(ex.forbidden)
+    out = []
+    for c in calls:
+        base = c.split(" (")[0].rsplit(".", 1)[-1]
+        if COURSE_CODE_LABEL in c:
+            out.append(c)
+        elif forbidden and (
+            base in forbidden
+            or c.startswith("a torch.nn")
+            or (c.startswith("torch.autograd engine") and "backward" in forbidden)
+        ):
+            out.append(c)
+    return out
+
+
+def _compare(ex: Exercise, got: Any, case: Any, index: int, cache: ExpectedCache) -> str | None:
+    got = _typed_unsupported(got)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            return ex.judge(got, copy.deepcopy(case), expected())
+            if ex.assess is not None:
+                return ex.judge(got, copy.deepcopy(case))
+            return ex.judge(got, copy.deepcopy(case), cache.get(ex, index, case))
     except Exception as e:  # a malformed output the comparison itself chokes on
         return f"could not compare your output: {describe_exception(e)}"
 
 
-def _forbidden_calls(ex: Exercise, calls: list[str]) -> list[str]:
-    """The recorded calls that disqualify ``ex``: the course's answers always; torch's
-    normalization unless the exercise allows it (``forbidden=()``, e.g. "use nn.BatchNorm1d")."""
-    forbidden = set(ex.forbidden)
-    return [
-        c
-        for c in calls
-        if ANSWER_LABEL in c
-        or (forbidden and (c.startswith("a torch.nn") or c.rsplit(".", 1)[-1] in forbidden))
-    ]
+def judge_result(
+    task: Task, index: int, result: tuple, outcome: Outcome, cache: ExpectedCache
+) -> None:
+    """Fold one case's result into ``outcome`` (a verdict once a case fails or all pass).
 
-
-def _cases_verdict(
-    ex: Exercise, task: Task, results: list, cache: ExpectedCache
-) -> tuple[bool, str]:
-    """(passed, feedback) from the per-case results of a child."""
-    n_visible = sum(1 for _, _, hidden in task.cases if not hidden)
-    n_hidden = len(task.cases) - n_visible
-    for i, (label, case, hidden) in enumerate(task.cases):
-        if i >= len(results):
-            return False, f"{label}: the exercise stopped before this test"
-        item = results[i]
-        if not (isinstance(item, tuple) and len(item) == 2):
-            return False, f"{label}: the grader received a malformed result"
-        kind, payload = item
-        if kind == "placeholder":
-            if i == 0:
-                return False, _not_attempted(ex)
-            msg = "raised NotImplementedError (part of the exercise is still the placeholder)"
-        elif kind == "raised":
-            msg = f"raised {payload}"
-        elif kind == "ok":
-            msg = _judge(ex, payload, case, functools.partial(cache.get, ex, i, case))
+    Args:
+        result: ``(result, calls, patched, tampered)`` as the child reported them (already
+            validated), ``result`` being ``("ok", output)``, ``("missing",)``,
+            ``("placeholder",)`` or ``("raised", message)``.
+    """
+    ex = task.exercise
+    res, calls, patched, tampered = result
+    outcome.calls += [c for c in calls if c not in outcome.calls]
+    outcome.patched += [p for p in patched if p not in outcome.patched]
+    outcome.tampered = outcome.tampered or tampered
+    if forbidden_calls(ex, outcome.calls) or outcome.patched or outcome.tampered:
+        outcome.verdict = (False, "disqualified")  # the reason is given by score_job
+        return
+    label, case, hidden = task.cases[index]
+    kind = res[0]
+    if kind == "missing":
+        outcome.missing = True
+        return
+    if kind == "placeholder":
+        if index == 0:
+            outcome.verdict = (False, _not_attempted(ex))
+            return
+        msg: str | None = (
+            "raised NotImplementedError (part of the exercise is still the placeholder)"
+        )
+    elif kind == "raised":
+        msg = f"raised {res[1]}"
+    else:
+        msg = _compare(ex, res[1], case, index, cache)
+    n_visible = sum(1 for _, _, h in task.cases if not h)
+    if msg:
+        # Cases run visible first: a hidden failure means every visible test passed.
+        if hidden and n_visible:
+            msg = f"passes the visible tests but fails hidden ones: {label}: {msg}"
         else:
-            msg = "the grader received a malformed result"
-        if msg:
-            # Cases run visible first: a hidden failure means every visible test passed.
-            if hidden and n_visible:
-                return False, f"passes the visible tests but fails hidden ones: {label}: {msg}"
-            return False, f"{label}: {msg}"
-    return True, f"passed all {len(task.cases)} tests ({n_visible} visible, {n_hidden} hidden)"
+            msg = f"{label}: {msg}"
+        outcome.verdict = (False, msg)
+    elif index == len(task.cases) - 1:
+        n_hidden = len(task.cases) - n_visible
+        outcome.verdict = (
+            True,
+            f"passed all {len(task.cases)} tests ({n_visible} visible, {n_hidden} hidden)",
+        )
 
 
-def _score_exercise(
-    job: Job, ex: Exercise, task: Task | None, cache: ExpectedCache
-) -> ExerciseResult:
+def _score_exercise(job: Job, ex: Exercise, task: Task | None) -> ExerciseResult:
     sub = job.submission
     cell = sub.exercises.get(ex.id)
-    if cell is None or task is None:
+    if cell is None:
         return _points(
             ex,
             False,
@@ -132,9 +152,7 @@ def _score_exercise(
     static = job.static.get(ex.id, [])
     if static:
         more = f" (and {len(static) - 1} more)" if len(static) > 1 else ""
-        return _points(
-            ex, False, f"{static[0]}{more} - not allowed; write the computation yourself"
-        )
+        return _points(ex, False, f"{static[0]}{more} - not allowed; write it yourself")
     setup_patches = [p for c in sub.setup for p in job.cell_patches.get(c.index, [])]
     if setup_patches:
         return _points(
@@ -151,37 +169,37 @@ def _score_exercise(
         )
     outcome = job.outcomes.get(ex.id)
     cell_error = job.cell_errors.get(cell.index)
-    if outcome is None:
+    if outcome is None or task is None:
         return _points(ex, False, "the grader could not run this exercise")
-    if "died" in outcome:
-        return _points(ex, False, f"{ex.name} {outcome['died']}")
-    if outcome.get("missing"):
+    calls = forbidden_calls(ex, outcome.calls)
+    if calls:
+        what = ", ".join(calls[:2])
+        return _points(
+            ex, False, f"calls {what} while running - not allowed; write the computation yourself"
+        )
+    if outcome.patched:
+        return _points(
+            ex,
+            False,
+            f"{ex.name} patches {outcome.patched[0]} while running - patching numpy or "
+            "torch is not allowed",
+        )
+    if outcome.tampered:
+        return _points(ex, False, f"{ex.name} switches off the grader's call trap (sys.setprofile)")
+    if outcome.died is not None:
+        return _points(ex, False, f"{ex.name} {outcome.died}")
+    if outcome.missing:
         if cell_error and cell_error.startswith("NotImplementedError"):
             # The placeholder sits in a class body, so the cell itself raises.
             return _points(ex, False, _not_attempted(ex))
         if cell_error:
             return _points(ex, False, f"the exercise cell failed: {cell_error}")
         return _points(
-            ex,
-            False,
-            f"the exercise cell does not define `{ex.name}` (was it renamed?)",
+            ex, False, f"the exercise cell does not define `{ex.name}` (was it renamed?)"
         )
-    calls = _forbidden_calls(ex, [str(c) for c in outcome.get("calls", [])])
-    if calls:
-        what = ", ".join(calls[:2])
-        return _points(
-            ex, False, f"calls {what} while running - not allowed; write the computation yourself"
-        )
-    if outcome.get("patched"):
-        return _points(
-            ex,
-            False,
-            f"{ex.name} patches {outcome['patched'][0]} while running - patching numpy or "
-            "torch is not allowed",
-        )
-    if outcome.get("tampered"):
-        return _points(ex, False, f"{ex.name} switches off the grader's call trap (sys.setprofile)")
-    passed, feedback = _cases_verdict(ex, task, list(outcome.get("results", [])), cache)
+    if outcome.verdict is None:
+        return _points(ex, False, "the grader could not run this exercise")
+    passed, feedback = outcome.verdict
     if not passed:
         if cell_error:
             feedback += f"; the exercise cell also raised {cell_error}"
@@ -195,7 +213,7 @@ def _score_exercise(
     return _points(ex, passed, feedback)
 
 
-def score_job(job: Job, cache: ExpectedCache) -> SubmissionResult:
+def score_job(job: Job) -> SubmissionResult:
     """The grade of a finished job: one :class:`ExerciseResult` per exercise, in order."""
     tasks = {t.exercise_id: t for t in job.tasks}
     sub = job.submission
@@ -203,14 +221,16 @@ def score_job(job: Job, cache: ExpectedCache) -> SubmissionResult:
     if sub.how and sub.how != "metadata":
         result.note = f"lesson recognised from {sub.how} (the notebook metadata was missing)"
     for ex in job.exercises:
-        result.exercises.append(_score_exercise(job, ex, tasks.get(ex.id), cache))
+        result.exercises.append(_score_exercise(job, ex, tasks.get(ex.id)))
     return result
 
 
-def score_unreadable(sub: Any, exercises: list[Exercise]) -> SubmissionResult:
+def score_unreadable(sub: Any, exercises: list[Exercise], reason: str = "") -> SubmissionResult:
     """A notebook that could not be read (or whose lesson is unknown): 0 for everything."""
     lesson = sub.lesson or "?"
-    if sub.problem:
+    if reason:
+        pass  # the caller's (a grader error)
+    elif sub.problem:
         reason = sub.problem
     elif sub.lesson:
         reason = f"lesson {sub.lesson} has no graded exercises"
@@ -219,7 +239,7 @@ def score_unreadable(sub: Any, exercises: list[Exercise]) -> SubmissionResult:
             "could not tell which lesson this is "
             "(no course metadata, exercise ids or known function names)"
         )
-    result = SubmissionResult(str(sub.path), lesson, note=_line(reason))
+    result = SubmissionResult(str(sub.path), lesson, note=line(reason))
     for ex in exercises:
-        result.exercises.append(ExerciseResult(ex.id, 0, ex.points, _line(f"not graded: {reason}")))
+        result.exercises.append(ExerciseResult(ex.id, 0, ex.points, line(f"not graded: {reason}")))
     return result
