@@ -59,7 +59,7 @@ class SmoothnessTrace:
 def _loss_and_grad(model: nn.Module, params: list[torch.Tensor], xb, yb):
     loss = F.cross_entropy(model(xb), yb)
     grads = torch.autograd.grad(loss, params)
-    return float(loss), torch.cat([g.reshape(-1) for g in grads])
+    return loss.item(), torch.cat([g.reshape(-1) for g in grads])
 
 
 @torch.no_grad()
@@ -125,7 +125,7 @@ def landscape_probe(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     _, acc = evaluate(model, data.x_test, data.y_test)
     cols = np.array(rows, dtype=np.float64).reshape(-1, 5)
     return SmoothnessTrace(
