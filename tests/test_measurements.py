@@ -67,7 +67,7 @@ def test_the_probed_layer_is_scale_invariant():
             m.blocks[1].linear.weight.mul_(k)
         loss = nn.functional.cross_entropy(m(x), y)
         loss.backward()
-        losses.append(float(loss))
+        losses.append(loss.item())
         grads.append(m.blocks[1].linear.weight.grad.norm().item())
     assert losses[0] == pytest.approx(losses[1], abs=1e-4)
     assert grads[0] / grads[1] == pytest.approx(4.0, rel=1e-3)
