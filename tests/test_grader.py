@@ -106,7 +106,16 @@ def _is_class(source: str, name: str) -> bool:
 def _delegating(source: str, name: str, bad: str) -> str:
     """The solved cell, its object renamed, behind a wrapper that first runs ``bad``."""
     renamed = re.sub(rf"(?m)^(def|class)(\s+){name}\b", rf"\1\2_solved_{name}", source)
-    if _is_class(source, name):
+    if _is_class(source, name) and "autograd.Function" in source:
+        # Function.apply never constructs the class: the bad code goes into forward
+        wrapper = (
+            f"class {name}(_solved_{name}):\n"
+            f"    @staticmethod\n"
+            f"    def forward(*args, **kwargs):\n"
+            f"{textwrap.indent(bad, ' ' * 8)}\n"
+            f"        return _solved_{name}.forward(*args, **kwargs)\n"
+        )
+    elif _is_class(source, name):
         wrapper = (
             f"class {name}(_solved_{name}):\n"
             f"    def __init__(self, *args, **kwargs):\n"
