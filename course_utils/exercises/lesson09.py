@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..experiments.distributed import ThreadGroup
-from .core import FORBIDDEN_CALLS, Case, Exercise
+from .core import FORBIDDEN_CALLS, Case, Exercise, answer
 from .registry import register
 
 # torch's own folding helpers would hand back the answer
@@ -31,12 +31,6 @@ FUSE_CALLS = (
     "fuse_linear_bn",
     "fuse",
 )
-
-
-def _answers():
-    from ..answers import lesson09
-
-    return lesson09
 
 
 # ------------------------------------------------------------------------------------------
@@ -511,7 +505,7 @@ register(
         name="fold_bn",
         points=3,
         title="Fold an eval-mode batch norm into the Linear or Conv layer before it",
-        reference=lambda: _answers().fold_bn,
+        reference=answer("09", "fold_bn"),
         cases=_fold_cases,
         run=_fold_run,
         diagnose=_fold_diagnose,
@@ -537,7 +531,7 @@ register(
         name="SyncBatchNormFunction",
         points=4,
         title="Batch norm synchronised across processes: an autograd Function over all_reduce",
-        reference=lambda: _answers().SyncBatchNormFunction,
+        reference=answer("09", "SyncBatchNormFunction"),
         cases=_sync_cases,
         run=_sync_run,
         diagnose=_sync_diagnose,

@@ -24,6 +24,7 @@ import socket
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -279,12 +280,23 @@ def _worker(
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout),
     )
+    in_collective = False
     try:
 
         def all_reduce(t: torch.Tensor) -> None:
+            nonlocal in_collective
+            in_collective = True
             dist.all_reduce(t)
+            in_collective = False
 
-        result = fn(rank, world_size, all_reduce, *args)
+        try:
+            result = fn(rank, world_size, all_reduce, *args)
+        except BaseException:
+            # Written down for the parent, which reports the rank that failed on its own
+            # rather than the peers that then lost their connection to it.
+            kind = "echo" if in_collective else "cause"
+            (Path(out_dir) / f"rank{rank}.{kind}").write_text(traceback.format_exc())
+            raise
         tmp = Path(out_dir) / f"rank{rank}.tmp"
         with open(tmp, "wb") as f:
             pickle.dump(result, f)
@@ -292,6 +304,17 @@ def _worker(
         dist.barrier()  # nobody leaves while another rank may still talk to it
     finally:
         dist.destroy_process_group()
+
+
+def _root_cause(out_dir: str, raised: BaseException) -> str:
+    """The traceback of a rank that failed by itself (not one that failed waiting in a
+    collective for it), else what torch reported first."""
+    for kind in ("cause", "echo"):
+        found = sorted(Path(out_dir).glob(f"rank*.{kind}"))
+        if found:
+            rank = found[0].name.split(".")[0]
+            return f"-- {rank} failed:\n{found[0].read_text()}"
+    return str(raised)
 
 
 def _stop(processes: list) -> None:
@@ -359,7 +382,8 @@ def run_processes(
                             "they were stopped"
                         )
             except mp.ProcessRaisedException as e:
-                raise RuntimeError(f"a process failed:\n{e}") from None
+                _stop(context.processes)
+                raise RuntimeError(f"a process failed:\n{_root_cause(out_dir, e)}") from None
             except mp.ProcessExitedException as e:
                 raise RuntimeError(f"a process died: {e}") from None
             finally:
