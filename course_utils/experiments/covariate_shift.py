@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import seeds as seeding
 from ..data import MNISTSplit
 from ..models import MLP, make_mlp
 from ..probes import ActivationProbe
@@ -324,7 +325,7 @@ def noisy_bn(
                 add_noise(model)
             means: list[torch.Tensor] = []
             handle = model.blocks[probe_layer].act.register_forward_hook(_batch_mean_hook(means))
-            torch.manual_seed(1000 + seed)  # the noise draws
+            seeding.torch_seed(1000 + seed)  # the noise draws
             try:
                 hist = train(
                     model,

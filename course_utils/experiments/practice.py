@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import seeds as seeding
 from ..data import MNISTSplit, batches
 from ..models import make_mlp
 from ..training import evaluate, train
@@ -116,8 +117,8 @@ def bias_before_bn(features: int = 8, batch: int = 32, seed: int = 0) -> dict[st
     Returns the largest |gradient| of a loss with respect to the bias, the same for the weight
     (for scale), and the largest change of the BN output when the bias is shifted by 5.
     """
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    g = seeding.generator(seed)
+    seeding.torch_seed(seed)
     lin, bn = nn.Linear(features, features), nn.BatchNorm1d(features)
     x = torch.randn(batch, features, generator=g)
     target = torch.randn(batch, features, generator=g)
@@ -170,7 +171,7 @@ def running_mean_in(
     """The running mean a BatchNorm1d kept in ``dtype`` reaches after ``steps`` batches of
     data with the given mean (the true value)."""
     bn = nn.BatchNorm1d(features).to(dtype)
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     for _ in range(steps):
         bn(torch.randn(64, features, generator=g).to(dtype) + mean)
     return float(bn.running_mean.float().mean())

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import seeds as seeding
+
 __all__ = [
     "batch_dependence",
     "invariance_table",
@@ -53,7 +55,7 @@ def _norms(d: int) -> dict[str, nn.Module]:
 def batch_dependence(n: int = 16, d: int = 32, trials: int = 5, seed: int = 0) -> dict[str, float]:
     """Largest change of sample 0's output (training mode) when the other n - 1 samples of
     its (n, d) batch are redrawn, over ``trials`` redraws, per normalization."""
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     x0 = torch.randn(1, d, generator=g) * 2 + 1
     out = {}
     for name, norm in _norms(d).items():
@@ -76,7 +78,7 @@ def invariance_table(n: int = 32, d_in: int = 16, d: int = 24, seed: int = 0) ->
     its pre-activations); re-scale the data set per feature (each column of the pre-activation
     differently). Values: the largest absolute change of the output, per normalization.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     x = torch.randn(n, d_in, generator=g)
     w = torch.randn(d, d_in, generator=g) / math.sqrt(d_in)
     norms = _norms(d)
@@ -117,7 +119,7 @@ def time_norms(n: int = 2048, d: int = 512, repeats: int = 7, seed: int = 0) -> 
     ``"torch RMS fwd+bwd"`` (``nn.LayerNorm`` / ``nn.RMSNorm``), ``"numpy LN forward"``,
     ``"numpy RMS forward"`` (the textbook NumPy formulas).
     """
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     x = torch.randn(n, d, generator=g)
     ln, rms = nn.LayerNorm(d), nn.RMSNorm(d)
     xg = x.clone().requires_grad_(True)
@@ -216,7 +218,7 @@ class NormRNN(nn.Module):
 
 
 def _rnn_init(vocab: int, hidden: int, gain: float, seed: int):
-    g = torch.Generator().manual_seed(int(seed))
+    g = seeding.generator(int(seed))
     w_x = (torch.rand(vocab, hidden, generator=g) * 2 - 1) * math.sqrt(3.0)  # std 1
     w_h = (torch.rand(hidden, hidden, generator=g) * 2 - 1) * gain * math.sqrt(3.0 / hidden)
     w_o = (torch.rand(hidden, vocab, generator=g) * 2 - 1) / math.sqrt(hidden)
@@ -318,7 +320,7 @@ def rnn_sweep(
     normed = torch.tensor([m[0] != "none" for m in members], dtype=torch.float32).view(k, 1, 1)
     lr = torch.tensor([m[2] for m in members])
     state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
-    gen = torch.Generator().manual_seed(data_seed)
+    gen = seeding.generator(data_seed)
     losses, accs = [], []
     for step in range(1, steps + 1):
         x, y = recall_batch(batch_size, seq_len, vocab, delay, gen)
@@ -380,7 +382,7 @@ def sweep_matches_module(steps: int = 3) -> float:
     for j, norm in enumerate(RNN_NORMS):
         model = NormRNN(vocab=5, hidden=8, norm=norm, gain=1.5, delay=3, seed=3)
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        gen = torch.Generator().manual_seed(7)
+        gen = seeding.generator(7)
         for s in range(steps):
             x, y = recall_batch(4, 10, 5, 3, gen)
             loss = F.cross_entropy(model(x).reshape(-1, 5), y.reshape(-1))

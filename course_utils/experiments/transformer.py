@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import seeds as seeding
+
 __all__ = [
     "SelfAttention",
     "FeedForward",
@@ -131,7 +133,7 @@ class TinyTransformer(nn.Module):
     ):
         super().__init__()
         if seed is not None:
-            torch.manual_seed(seed)
+            seeding.torch_seed(seed)
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.norm_position = norm_position
         self.embed = nn.Embedding(vocab, d_model)
@@ -190,7 +192,7 @@ def train_reversal(
     when ``warmup`` is 0). Batches come from a generator seeded with ``seed``, so runs that
     differ only in the model see the same sequences.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = np.full(steps, np.nan)
     diverged = False
@@ -211,9 +213,7 @@ def train_reversal(
         opt.step()
     model.eval()
     with torch.no_grad():
-        x, y = reversal_batch(
-            test_size, seq_len, vocab, torch.Generator().manual_seed(10_000 + seed)
-        )
+        x, y = reversal_batch(test_size, seq_len, vocab, seeding.generator(10_000 + seed))
         logits = model(x)
         test_loss = float(F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1)))
         test_acc = float((logits.argmax(-1) == y).float().mean())
@@ -233,9 +233,7 @@ def grad_norms_at_init(
     for seed in seeds:
         model = TinyTransformer(norm_position=norm_position, seed=seed, **model_kwargs)
         vocab = model.head.out_features
-        x, y = reversal_batch(
-            batch_size, model.pos.shape[0], vocab, torch.Generator().manual_seed(seed)
-        )
+        x, y = reversal_batch(batch_size, model.pos.shape[0], vocab, seeding.generator(seed))
         loss = F.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
         loss.backward()
         out["attn"].append([float(b.attn.qkv.weight.grad.norm()) for b in model.blocks])
