@@ -197,9 +197,10 @@ class Row:
         return min((self.margins.get(o, -math.inf) for o in offsets), default=-math.inf)
 
     def robust(self, offsets: Sequence[int], min_margin: float = MIN_MARGIN) -> bool:
-        return all(self.holds.get(o, False) for o in offsets) and self.min_margin(
-            offsets
-        ) >= min_margin
+        return (
+            all(self.holds.get(o, False) for o in offsets)
+            and self.min_margin(offsets) >= min_margin
+        )
 
 
 def collect(runs: Sequence[Run], claim_ids: dict[str, list[str]]) -> tuple[list[Row], list[str]]:
@@ -219,14 +220,17 @@ def collect(runs: Sequence[Run], claim_ids: dict[str, list[str]]) -> tuple[list[
                 continue
             seen_ids.add(cid)
             key = (run.notebook, cid, rec["statement"])
-            row = rows.setdefault(key, Row(run.notebook, cid, rec["statement"], rec["op"],
-                                           rec["threshold"]))
+            row = rows.setdefault(
+                key, Row(run.notebook, cid, rec["statement"], rec["op"], rec["threshold"])
+            )
             row.values[run.offset] = rec["value"]
             row.margins[run.offset] = rec["margin"]
             row.holds[run.offset] = rec["holds"]
         for cid in claim_ids.get(run.notebook, []):
             if cid not in seen_ids:
-                problems.append(f"{run.notebook} (offset {run.offset}): claim {cid} recorded nothing")
+                problems.append(
+                    f"{run.notebook} (offset {run.offset}): claim {cid} recorded nothing"
+                )
         for err in run.errors:
             where = f"cell {err['cell']}" if err.get("cell") is not None else "notebook"
             problems.append(f"{run.notebook} (offset {run.offset}), {where}: {err['error']}")
@@ -294,8 +298,12 @@ def report(
     head += ["smallest margin", "verdict"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        cells = [r.notebook[:2], f"`{r.claim_id}`", r.statement.replace("|", "\\|"),
-                 f"{r.op} {_fmt(r.threshold)}"]
+        cells = [
+            r.notebook[:2],
+            f"`{r.claim_id}`",
+            r.statement.replace("|", "\\|"),
+            f"{r.op} {_fmt(r.threshold)}",
+        ]
         for o in offsets:
             v = r.values.get(o)
             mark = "" if r.holds.get(o, False) else " ✗"
@@ -305,12 +313,18 @@ def report(
         lines.append("| " + " | ".join(cells) + " |")
     if problems:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
-    lines += ["", "## Run times", "",
-              "Seconds per notebook (wall clock, two notebooks at a time, including kernel "
-              "start):", ""]
+    lines += [
+        "",
+        "## Run times",
+        "",
+        "Seconds per notebook (wall clock, two notebooks at a time, including kernel start):",
+        "",
+    ]
     nbs = sorted({r.notebook for r in runs})
-    lines += ["| notebook | " + " | ".join(f"seed +{o}" for o in offsets) + " |",
-              "|" + " --- |" * (len(offsets) + 1)]
+    lines += [
+        "| notebook | " + " | ".join(f"seed +{o}" for o in offsets) + " |",
+        "|" + " --- |" * (len(offsets) + 1),
+    ]
     by = {(r.notebook, r.offset): r for r in runs}
     for nb in nbs:
         vals = [by.get((nb, o)) for o in offsets]
@@ -331,8 +345,7 @@ def audit(
     import nbformat
 
     claim_ids = {
-        p.name: [cid for _, cid in claim_cells(nbformat.read(p, as_version=4))]
-        for p in notebooks
+        p.name: [cid for _, cid in claim_cells(nbformat.read(p, as_version=4))] for p in notebooks
     }
     # the slowest notebooks first, so two workers finish together
     order = sorted(notebooks, key=lambda p: -p.stat().st_size)
@@ -370,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notebooks", nargs="*", help="notebook prefixes (default: all)")
     parser.add_argument("--offsets", help="comma-separated seed offsets (overrides --shifts)")
     parser.add_argument(
-        "--shifts", type=int, default=len(DEFAULT_OFFSETS),
+        "--shifts",
+        type=int,
+        default=len(DEFAULT_OFFSETS),
         help=f"how many of the shifted offsets {DEFAULT_OFFSETS} to run (default: all)",
     )
     parser.add_argument("--no-original", action="store_true", help="skip offset 0")
@@ -399,17 +414,20 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows, problems, runs = audit(notebooks, offsets, args.jobs, args.timeout)
     seconds = time.perf_counter() - start
-    command = "python -m course_utils.claims" + (
-        " " + " ".join(argv) if argv else " " + " ".join(sys.argv[1:])
-    ).rstrip()
+    command = (
+        "python -m course_utils.claims"
+        + (" " + " ".join(argv) if argv else " " + " ".join(sys.argv[1:])).rstrip()
+    )
     text = report(rows, problems, runs, offsets, args.min_margin, seconds, command.strip())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     fragile = [r for r in rows if not r.robust(offsets, args.min_margin)]
     print(text.split("\n| lesson")[0].strip())
     for r in fragile:
-        print(f"FRAGILE {r.notebook[:2]} {r.claim_id}: {r.statement} "
-              f"(smallest margin {r.min_margin(offsets):+.0%})")
+        print(
+            f"FRAGILE {r.notebook[:2]} {r.claim_id}: {r.statement} "
+            f"(smallest margin {r.min_margin(offsets):+.0%})"
+        )
     for p in problems:
         print(f"PROBLEM {p}")
     print(f"report written to {args.out} ({seconds / 60:.1f} minutes)")
