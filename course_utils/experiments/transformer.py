@@ -11,6 +11,7 @@ hidden states (N, T, D), logits (N, T, V).
 - :func:`reversal_batch`, :func:`train_reversal`: the sequence-reversal task and its training
   loop with an optional linear learning-rate warm-up.
 - :func:`grad_norms_at_init`: per-layer gradient norms of a freshly initialised stack.
+- :func:`residual_stream_std`: the standard deviation of the hidden states after each block.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "train_reversal",
     "ReversalRun",
     "grad_norms_at_init",
+    "residual_stream_std",
     "NORM_POSITIONS",
 ]
 
@@ -239,3 +241,18 @@ def grad_norms_at_init(
         out["attn"].append([float(b.attn.qkv.weight.grad.norm()) for b in model.blocks])
         out["ff"].append([float(b.ff[2].weight.grad.norm()) for b in model.blocks])
     return {k: np.array(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def residual_stream_std(model: TinyTransformer, tokens: torch.Tensor) -> np.ndarray:
+    """Standard deviation of the hidden states ``x`` (N, T, D) after each block: (n_layers,).
+
+    In a Pre-LN stack this is the residual stream, which no layer norm touches until the
+    final one, so every block adds to it; in a Post-LN stack each block ends with a layer norm.
+    """
+    x = model.embed(tokens) + model.pos[: tokens.shape[1]]
+    out = []
+    for block in model.blocks:
+        x = block(x)
+        out.append(float(x.std()))
+    return np.array(out)
