@@ -7,6 +7,7 @@ import copy
 import numpy as np
 
 from .core import Case, Exercise
+from .mistakes import normalization_mistake
 from .registry import register
 
 _VALID = ("standard", "minmax", "robust")
@@ -103,6 +104,10 @@ def _diagnose_scaler(kind: str):
                     "your standard deviation is the sample one (ddof=1); use the "
                     "population standard deviation, np.std's default (ddof=0)."
                 )
+            if case.meta.get("const") is None:  # the wrong axis, or a variance for a std
+                msg = normalization_mistake(tr, x_train, (0,), 0.0)
+                if msg:
+                    return f"transform(X_train): {msg}"
         if _close(tr, expected["transform(X_train)"]) and _close(te, expected["transform(X_test)"]):
             inv = got.get("inverse_transform(Z)")
             if inv is not None and not _close(inv, expected["inverse_transform(Z)"]):

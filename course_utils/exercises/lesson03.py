@@ -9,6 +9,7 @@ import torch
 
 from .core import FORBIDDEN_CALLS, Case, Exercise, numerical_gradient, rel_error
 from .drivers import forward_backward, kernels_blocked
+from .mistakes import normalization_mistake
 from .registry import register
 
 GRAD_TOL = 1e-6  # largest relative error accepted for a gradient (float64 inputs)
@@ -186,7 +187,11 @@ def _forward_diagnose(got, expected, case: Case) -> str | None:
     for flaws, message in _FORWARD_FLAWS:
         if _matches(got, _forward_run(_forward_variant(**flaws), case)):
             return message
-    return None
+    xs, gamma, beta = case.args[:3]
+    msg = normalization_mistake(
+        got.get("call 1 (train): out"), xs[0], (0,), case.kwargs["eps"], gamma, beta
+    )
+    return f"call 1 (train): {msg}" if msg else None
 
 
 # ------------------------------------------------------------------------------------------

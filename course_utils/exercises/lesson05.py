@@ -17,6 +17,7 @@ from .core import (
     train_eval_diagnosis,
 )
 from .drivers import forward_backward, kernels_blocked
+from .mistakes import normalization_mistake
 from .registry import register
 
 GRAD_TOL = 1e-6  # largest relative error accepted for a gradient (float64 inputs)
@@ -97,29 +98,20 @@ def _forward_diagnose(kind: str):
             return None
         x = np.asarray(case.args[0], dtype=np.float64)
         gamma = case.args[1]
-        beta = case.args[2] if kind == "layer" else 0.0
+        beta = case.args[2] if kind == "layer" else None
         eps = case.kwargs["eps"]
-        if kind == "layer":
-            over_batch = (x - x.mean(0)) / np.sqrt(x.var(0) + eps) * gamma + beta
-            if x.ndim == 2 and x.shape[0] > 1 and compare(g, over_batch) is None:
-                return (
-                    "statistics computed over the batch (axis 0): that is batch norm. Layer "
-                    "norm uses each sample's own mean and variance over its features: "
-                    "x.mean(axis=-1, keepdims=True)"
-                )
-            outside = (x - x.mean(-1, keepdims=True)) / (x.std(-1, keepdims=True) + eps)
-            if compare(g, outside * gamma + beta) is None:
-                return "eps belongs inside the square root: (x - mean) / sqrt(var + eps)"
-        else:
+        wrong_axes = {"over the batch (axis 0): that is batch norm": (0,)} if x.ndim >= 2 else {}
+        if kind == "rms":
             centred = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
             if compare(g, centred * gamma) is None:
                 return (
                     "your output subtracts the mean: RMS norm does not centre, it divides x "
                     "by sqrt(mean(x**2) + eps)"
                 )
-            if compare(g, x / np.sqrt((x * x).mean(-1, keepdims=True)) * gamma) is None:
-                return "add eps inside the square root: x / sqrt(mean(x**2) + eps)"
-        return None
+        # the usual slips: N - 1, eps misplaced or missing, the wrong axis
+        return normalization_mistake(
+            g, x, (-1,), eps, gamma, beta, center=kind == "layer", other_axes=wrong_axes
+        )
 
     return diagnose
 

@@ -17,6 +17,7 @@ from .core import (
     numerical_gradient,
 )
 from .drivers import forward_backward, kernels_blocked
+from .mistakes import normalization_mistake
 from .registry import register
 
 GRAD_TOL = 1e-6
@@ -135,7 +136,8 @@ def _in_diagnose(got, expected, case: Case) -> str | None:
                 f"statistics computed {what}. Instance norm uses one mean and variance per "
                 "sample and channel, over H and W: x.mean(axis=(2, 3), keepdims=True)"
             )
-    return None
+    # the usual slips: N - 1, eps misplaced or missing, gamma and beta forgotten
+    return normalization_mistake(g, x, (2, 3), eps, w, b, other_axes={})
 
 
 def _gn_diagnose(got, expected, case: Case) -> str | None:
@@ -171,7 +173,11 @@ def _gn_diagnose(got, expected, case: Case) -> str | None:
     grouped = _normalize(x.reshape(n, groups, -1), (2,), eps).reshape(x.shape)
     if compare(g, grouped) is None:
         return "gamma and beta are missing: scale and shift per channel after normalizing"
-    return None
+    # the usual slips (N - 1, eps misplaced or missing), in the grouped view (N, G, C/G*H*W)
+    gw, gb = (np.broadcast_to(v, x.shape).reshape(n, groups, -1) for v in (w, b))
+    return normalization_mistake(
+        g.reshape(n, groups, -1), x.reshape(n, groups, -1), (2,), eps, gw, gb, other_axes={}
+    )
 
 
 # ------------------------------------------------------------------------------------------
