@@ -333,10 +333,13 @@ register(
         atol=1e-7,
         rtol=1e-6,
         hints=(
-            "Reduce over the last axis and keep it for broadcasting: mu = x.mean(axis=-1, "
-            "keepdims=True).",
-            "var = ((x - mu) ** 2).mean(axis=-1, keepdims=True) (biased), then (x - mu) / "
-            "np.sqrt(var + eps) * gamma + beta.",
+            "The same formula as batch norm, along the other axis: the statistics "
+            "belong to one sample (one row of (N, D), one token of (N, T, D)). Which "
+            "axis index works for every shape (..., D)?",
+            "mu = x.mean(axis=-1, keepdims=True) and var = ((x - mu) ** "
+            "2).mean(axis=-1, keepdims=True) (biased); keepdims keeps them "
+            "broadcastable against x.",
+            "Return (x - mu) / np.sqrt(var + eps) * gamma + beta.",
         ),
     ),
     Exercise(
@@ -350,12 +353,14 @@ register(
         atol=1e-7,
         rtol=1e-5,
         hints=(
-            "It is batch norm's backward with the axes swapped: the statistics are over axis 1 "
-            "(features), so every mean in the formula is over axis=1, keepdims=True.",
-            "dbeta = dout.sum(axis=0); dgamma = (dout * x_hat).sum(axis=0): gamma and beta are "
-            "shared by all samples, so their gradients sum over the batch.",
-            "With g = dout * gamma: dx = (g - g.mean(1, keepdims=True) - x_hat * (g * x_hat)"
-            ".mean(1, keepdims=True)) / np.sqrt(var + eps).",
+            "Layer norm is batch norm applied to the transposed matrix. Over which "
+            "axis do the means of the closed form run now, and over which axis do "
+            "dgamma and dbeta sum?",
+            "Every mean in the formula is over axis=1, keepdims=True; dbeta = "
+            "dout.sum(axis=0) and dgamma = (dout * x_hat).sum(axis=0): gamma and beta "
+            "are shared by all samples.",
+            "With g = dout * gamma: dx = (g - g.mean(1, keepdims=True) - x_hat * (g * "
+            "x_hat).mean(1, keepdims=True)) / np.sqrt(var + eps).",
         ),
     ),
     Exercise(
@@ -369,7 +374,9 @@ register(
         atol=1e-7,
         rtol=1e-6,
         hints=(
-            "No mean subtraction: rms = np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + eps).",
+            "Layer norm without the centring: which statistic of each row is left, and "
+            "is there still a bias?",
+            "rms = np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + eps); no mean is subtracted.",
             "Return x / rms * weight.",
         ),
     ),
@@ -384,9 +391,11 @@ register(
         atol=1e-7,
         rtol=1e-5,
         hints=(
-            "With r = 1 / sqrt(mean(x**2) + eps) per row, y = x * r * w. dweight = (dout * x * r)"
-            ".sum(axis=0).",
-            "r depends on every x of its row: dr/dx_j = -r**3 * x_j / D.",
+            "Besides the direct path from x to y, every x of a row also changes y "
+            "through the row's inverse RMS, r. Write y as x times r times the weight "
+            "and apply the product rule.",
+            "dweight = (dout * x * r).sum(axis=0); r depends on every x of its row: "
+            "dr/dx_j = -r**3 * x_j / D.",
             "With g = dout * w: dx = r * g - x * r**3 * (g * x).mean(axis=1, keepdims=True).",
         ),
     ),
@@ -403,15 +412,18 @@ register(
         rtol=1e-4,
         forbidden=tuple(n for n in FORBIDDEN_CALLS if n != "LayerNorm"),
         hints=(
-            "normalized_shape may be an int: store self.normalized_shape = (n,) if isinstance(n, "
-            "int) else tuple(n). The statistics are over the last len(normalized_shape) dims: "
-            "dims = tuple(range(-len(self.normalized_shape), 0)).",
-            "Parameters: weight = nn.Parameter(torch.ones(normalized_shape)) and bias (zeros) when "
-            "elementwise_affine; bias=False leaves only the weight; use "
+            "Mirror torch: nn.LayerNorm's documentation lists the constructor "
+            "arguments and the parameters they create. Over which dimensions of the "
+            "input does it normalize, given normalized_shape?",
+            "normalized_shape may be an int: store self.normalized_shape = (n,) if "
+            "isinstance(n, int) else tuple(n); the statistics run over dims = "
+            "tuple(range(-len(self.normalized_shape), 0)). Parameters: weight = "
+            "nn.Parameter(torch.ones(normalized_shape)) and bias (zeros) when "
+            "elementwise_affine; bias=False keeps only the weight; "
             "self.register_parameter('bias', None) for a missing one.",
-            "forward: mean = x.mean(dims, keepdim=True), var = ((x - mean) ** 2).mean(dims, "
-            "keepdim=True); y = (x - mean) / torch.sqrt(var + eps), then * weight and + bias if "
-            "present. Train and eval mode are the same.",
+            "forward: mean = x.mean(dims, keepdim=True), var = ((x - mean) ** "
+            "2).mean(dims, keepdim=True); y = (x - mean) / torch.sqrt(var + eps), then "
+            "* weight and + bias if present. Train and eval mode are the same.",
         ),
     ),
 )
