@@ -94,7 +94,7 @@ def _forward_diagnose(kind: str):
             g = np.asarray(got, dtype=np.float64)
         except (TypeError, ValueError):
             return None
-        if g.shape != np.shape(expected) or compare(g, expected) is None:
+        if g.shape != np.shape(expected) or np.allclose(g, expected, rtol=1e-8, atol=1e-10):
             return None
         x = np.asarray(case.args[0], dtype=np.float64)
         gamma = case.args[1]

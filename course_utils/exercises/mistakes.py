@@ -76,8 +76,8 @@ def normalization_mistake(
     bias: Any = None,
     center: bool = True,
     other_axes: dict[str, Sequence[int]] | None = None,
-    atol: float = 1e-6,
-    rtol: float = 1e-5,
+    atol: float = 1e-10,
+    rtol: float = 1e-8,
 ) -> str | None:
     """Which common mistake turns the right normalization of ``x`` into ``got``?
 
@@ -88,6 +88,9 @@ def normalization_mistake(
             None. center: False for RMS norm (no mean subtraction).
         other_axes: wrong axes to try, ``{description: axes}`` ("that is batch norm": (0,));
             default: every single axis and the complement of ``axes``.
+        atol, rtol: how closely ``got`` must match a variant. Tight by default: a variant
+            computed in float64 matches the learner's float64 code to rounding, and a loose
+            tolerance would mistake a right answer for a slip (eps barely changes the output).
     Returns:
         A sentence naming the mistake, or None when ``got`` matches none of them (or is right).
     """
@@ -179,7 +182,7 @@ def factor_mistake(got: np.ndarray, expected: np.ndarray) -> str | None:
     ee = float(e @ e)
     if ee > 0:
         c = float(g @ e) / ee
-        if abs(c - 1) > 1e-6 and np.allclose(g, c * e, rtol=1e-4, atol=1e-6 * scale):
+        if abs(c - 1) > 1e-4 and np.allclose(g, c * e, rtol=1e-5, atol=1e-8 * scale):
             if abs(c + 1) < 1e-4:
                 return "the sign of every value is flipped"
             for n in _candidate_counts(np.shape(expected)):
