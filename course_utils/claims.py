@@ -82,8 +82,8 @@ def claim_cells(nb: dict) -> list[tuple[int, str]]:
 
 
 def _prepared(nb_path: Path):
-    """The notebook, with a ``begin(claim id)`` cell before every claim cell and the
-    progress cells dropped; and the claim ids in order."""
+    """The notebook, with a ``begin(claim id)`` cell before every claim cell and a
+    ``begin(None)`` after it, and the progress cells dropped; and the claim ids in order."""
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
@@ -101,6 +101,10 @@ def _prepared(nb_path: Path):
             )
         cell.metadata.setdefault("course", {})["audit_index"] = i
         cells.append(cell)
+        if i in ids:  # a claim() in a later, untagged cell must not count for this claim
+            cells.append(
+                nbformat.v4.new_code_cell("_cc.begin(None)", metadata={"course": {"audit": "end"}})
+            )
     nb.cells = cells
     return nb, list(ids.values())
 
@@ -311,6 +315,19 @@ def report(
         cells.append(f"{r.min_margin(offsets):+.0%}")
         cells.append("robust" if r.robust(offsets, min_margin) else "**fragile**")
         lines.append("| " + " | ".join(cells) + " |")
+    constant = [
+        r
+        for r in rows
+        if len(offsets) > 1 and len(r.values) == len(offsets) and len(set(r.values.values())) == 1
+    ]
+    if constant:
+        lines += [
+            "",
+            "Statements whose value did not change with the seeds (a property of the data or "
+            "the code that the seed shift does not test): "
+            + "; ".join(f"`{r.claim_id}` {r.statement}" for r in constant)
+            + ".",
+        ]
     if problems:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
     lines += [
