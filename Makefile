@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test setup lessons check-lessons lint format bench grade-demo clean
+.PHONY: lab test setup lessons check-lessons lint format bench claims grade-demo clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,9 +44,14 @@ test: setup
 	$(BIN)/python -m course_utils.build --check
 	$(BIN)/python -m pytest -q tests --timeout 900
 	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --timeout 300 -p no:randomly solutions lessons
+	$(BIN)/python -m course_utils.claims --shifts 2 --no-original --out test-artifacts/claims-ci.md
 
 bench: setup
 	$(BIN)/python -m course_utils.bench
+
+# every claim check on the original and 4 shifted seed sets: writes docs/claims.md
+claims: setup
+	$(BIN)/python -m course_utils.claims
 
 clean:
 	rm -rf $(VENV) test-artifacts .pytest_cache .ruff_cache .hypothesis
