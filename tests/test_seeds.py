@@ -25,13 +25,14 @@ GENERATOR = re.compile(
     r"|(?<![\w.])random\.seed\(|RandomState\()"
 )
 # where the course deliberately does not shift: the fixed MNIST split, the exercises' test
-# cases and the grader's seeds, the widgets and benchmarks (no claims), and the capstone's
-# broken run (its seed arrives already shifted, through capstone.measure)
+# cases, answers (a learner's function seeds itself; its seed arrives already shifted, through
+# capstone.measure) and the grader's seeds and sandbox, the widgets and benchmarks (no
+# claims), and the capstone's broken run (seeded like a learner's function)
 NOT_SHIFTED = {
     "course_utils/data/__init__.py": ["default_rng(_SPLIT_SEED)"],
     "course_utils/experiments/capstone.py": ["torch.manual_seed(seed)"],
 }
-SKIPPED_DIRS = ("grading", "exercises", "widgets")
+SKIPPED_DIRS = ("grading", "exercises", "answers", "sandbox", "widgets")
 SKIPPED_FILES = ("seeds.py", "bench.py", "bench_grader.py")
 
 
