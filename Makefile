@@ -12,7 +12,7 @@ LAB_ARGS ?=
 # build on Linux (~0.75 GB): make lab TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: lab test unit setup setup-dev lessons check-lessons lint format bench grade-demo static clean
+.PHONY: lab test unit setup setup-dev lessons check-lessons lint format bench claims grade-demo static clean
 
 # the learner's environment: requirements.txt, the course package, the kernel, and JupyterLab
 # settings (jupyter-config/: no news toast, no update checks)
@@ -68,6 +68,7 @@ test: setup-dev
 	$(BIN)/python -m course_utils.build --check
 	$(BIN)/python -m pytest -q -rs tests --timeout 900
 	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --timeout 300 -p no:randomly solutions lessons
+	$(BIN)/python -m course_utils.claims --shifts 2 --no-original --out test-artifacts/claims-ci.md
 
 # the unit tests alone (CI runs them on Python 3.10 too: make unit PYTHON=python3.10 VENV=.venv-py310)
 unit: setup-dev
@@ -78,6 +79,10 @@ static: setup-dev
 
 bench: setup
 	$(BIN)/python -m course_utils.bench
+
+# every claim check on the original and 4 shifted seed sets: writes docs/claims.md
+claims: setup
+	$(BIN)/python -m course_utils.claims
 
 clean:
 	rm -rf $(VENV) test-artifacts .pytest_cache .ruff_cache .hypothesis

@@ -7,6 +7,8 @@ The small public API the notebooks use:
 - training: :func:`train`, :func:`evaluate`, :func:`set_seed`
 - probes: :class:`ActivationProbe`, :class:`UpdateRatio`
 - exercises: :func:`check`, :func:`hint`
+- claims: :func:`claim` (a claim check's one-line assertion, with its margin); every seed
+  passes through :mod:`course_utils.seeds` (``seeds.rng``, ``seeds.generator``)
 - reference implementations: :mod:`course_utils.reference` (``functional`` in NumPy,
   ``modules`` in torch), matching ``torch.nn`` exactly
 - widgets: :mod:`course_utils.widgets` (imported on first use)
@@ -14,6 +16,8 @@ The small public API the notebooks use:
 Importing the package sets torch to one intra-op thread (see :mod:`course_utils.config`).
 """
 
+from . import seeds
+from .claim_check import claim
 from .config import configure_torch
 from .data import batches, load_mnist
 from .exercises import check, hint
@@ -34,6 +38,8 @@ __all__ = [
     "UpdateRatio",
     "check",
     "hint",
+    "claim",
+    "seeds",
 ]
 __version__ = "0.1.0"
 

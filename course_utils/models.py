@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import seeds as seeding
+
 __all__ = [
     "NORMS",
     "PLACEMENTS",
@@ -253,7 +255,7 @@ def make_mlp(
     if depth < 1 or width < 1:
         raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
     if seed is not None:
-        torch.manual_seed(seed)
+        seeding.torch_seed(seed)
     return MLP(
         in_features,
         [width] * depth,
@@ -288,7 +290,7 @@ def make_cnn(
     Other arguments as in :func:`make_mlp`.
     """
     if seed is not None:
-        torch.manual_seed(seed)
+        seeding.torch_seed(seed)
     return CNN(
         in_channels,
         channels,

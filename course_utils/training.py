@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,15 +10,9 @@ import torch
 from torch import nn
 
 from .data import MNISTSplit, batches
+from .seeds import set_seed
 
 __all__ = ["set_seed", "evaluate", "History", "train", "make_optimizer"]
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @torch.no_grad()

@@ -62,10 +62,10 @@ def test_wrong_shape():
 
 
 def test_wrong_values_say_how_much_and_where():
-    def unbiased(x, eps=1e-5):
-        return (x - x.mean(0)) / np.sqrt(x.var(0, ddof=1) + eps)
+    def noisy(x, eps=1e-5):
+        return good(x, eps) + np.sin(np.arange(np.size(x))).reshape(np.shape(x))
 
-    v = verify(EX, unbiased)
+    v = verify(EX, noisy)
     assert v.status == "failed"
     m = re.search(
         r"wrong values - largest error ([\d.e+-]+) at index \((\d+), (\d+)\) "
@@ -164,20 +164,153 @@ def test_compare_names_the_part_that_is_wrong():
 # --------------------------------------------------------------------------------------
 
 
-def test_hints_come_one_at_a_time(capsys):
+def test_hints_come_one_at_a_time_and_show_every_hint_so_far(capsys):
+    from course_utils.exercises import get_exercise
+
+    hints = get_exercise(EX).hints
     reset_hints()
     for n in (1, 2, 3):
         hint(EX)
-        assert capsys.readouterr().out.startswith(f"Hint {n} of 3 for {EX}:")
+        out = capsys.readouterr().out
+        assert out.startswith(f"Hints for {EX} ({n} of 3 shown):")
+        for k in range(3):  # every hint revealed so far, and none beyond
+            assert (f"  {k + 1}. {hints[k]}" in out) == (k < n)
     hint(EX)
     out = capsys.readouterr().out
-    assert out.startswith(f"No more hints for {EX} (all 3 shown)") and "Hint 3 of 3" in out
+    assert "3 of 3 shown" in out and "last one" in out and all(h in out for h in hints)
+    assert "reference" not in out.lower()
     reset_hints(EX)
     hint(EX)
-    assert capsys.readouterr().out.startswith("Hint 1 of 3")
+    assert capsys.readouterr().out.startswith(f"Hints for {EX} (1 of 3 shown)")
     hint("99.nope")
     assert "no exercise '99.nope'" in capsys.readouterr().out
     reset_hints()
+
+
+def test_no_hint_points_to_the_reference_implementations():
+    from course_utils.exercises import all_exercises
+
+    for ex_id, ex in all_exercises().items():
+        for h in ex.hints:
+            assert "reference" not in h.lower() and "solutions" not in h, (ex_id, h)
+
+
+def _solution_lines(ex_id: str) -> list[str]:
+    """The code lines of an exercise's solution in solutions/ (between the markers)."""
+    import nbformat
+
+    root = Path(__file__).resolve().parents[1] / "solutions"
+    for path in sorted(root.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.get("metadata", {}).get("course", {}).get("exercise") == ex_id:
+                body = cell.source.split("### BEGIN SOLUTION")[1:]
+                lines = [
+                    ln.strip() for part in body for ln in part.split("### END")[0].splitlines()
+                ]
+                return [ln for ln in lines if len(ln) >= 12 and not ln.startswith("#")]
+    return []
+
+
+def test_first_hint_gives_nothing_away():
+    """A nudge, not the answer: no code (assignments, calls of NumPy or torch, return) and no
+    line of the solution in any exercise's first hint."""
+    from course_utils.exercises import all_exercises
+
+    code = ("np.", "torch.", " = ", "return ", ".mean(", "axis=", "reshape(", "x[")
+    checked = 0
+    for ex_id, ex in all_exercises().items():
+        first = ex.hints[0]
+        assert not [t for t in code if t in first], (ex_id, first)
+        for line in _solution_lines(ex_id):
+            assert line not in first, (ex_id, line)
+            checked += 1
+        assert len(ex.hints) >= 2, f"{ex_id}: a nudge needs a next hint with the idea"
+    assert checked > 100
+
+
+# --------------------------------------------------------------------------------------
+# the common numeric mistakes are named, not only "wrong values"
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ex_id, wrong, expected",
+    [
+        (EX, lambda x, eps=1e-5: (x - x.mean(0)) / np.sqrt(x.var(0, ddof=1) + eps), "N - 1"),
+        (EX, lambda x, eps=1e-5: (x - x.mean(0)) / np.sqrt(x.var(0)), "eps is missing"),
+        (
+            EX,
+            lambda x, eps=1e-5: (
+                (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + eps)
+            ),
+            "wrong axis",
+        ),
+        (EX, lambda x, eps=1e-5: (x - x.mean(0)) / (x.var(0) + eps), "divided by the variance"),
+        (
+            "05.layer_norm_forward",
+            lambda x, g, b, eps=1e-5: (
+                (x - x.mean(-1, keepdims=True))
+                / np.sqrt(x.var(-1, keepdims=True, ddof=1) + eps)
+                * g
+                + b
+            ),
+            "N - 1",
+        ),
+        (
+            "05.layer_norm_forward",
+            lambda x, g, b, eps=1e-5: (
+                (x - x.mean(-1, keepdims=True)) / (x.std(-1, keepdims=True) + eps) * g + b
+            ),
+            "outside the square root",
+        ),
+        (
+            "05.rms_norm_forward",
+            lambda x, w, eps=1e-6: x / (np.sqrt((x**2).mean(-1, keepdims=True)) + eps) * w,
+            "outside the square root",
+        ),
+        (
+            "06.instance_norm_forward",
+            lambda x, g, b, eps=1e-5: (
+                (x - x.mean((2, 3), keepdims=True))
+                / np.sqrt(x.var((2, 3), keepdims=True, ddof=1) + eps)
+                * g.reshape(1, -1, 1, 1)
+                + b.reshape(1, -1, 1, 1)
+            ),
+            "N - 1",
+        ),
+    ],
+)
+def test_common_numeric_mistakes_are_named(ex_id, wrong, expected):
+    v = verify(ex_id, wrong)
+    assert v.status == "failed" and expected in v.message, v.message
+
+
+def test_batch_norm_forward_names_the_wrong_axis():
+    def wrong_axis(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
+        x = np.asarray(x, dtype=np.float64)
+        mu, var = x.mean(1, keepdims=True), x.var(1, keepdims=True)
+        n = len(x)
+        new_rm = (1 - momentum) * rm + momentum * x.mean(0)
+        new_rv = (1 - momentum) * rv + momentum * x.var(0) * n / (n - 1)
+        return (x - mu) / np.sqrt(var + eps) * gamma + beta, new_rm, new_rv
+
+    v = verify("03.batch_norm_forward", wrong_axis)
+    assert v.status == "failed" and "wrong axis" in v.message, v.message
+
+
+def test_generic_comparison_names_a_factor_a_shift_and_a_sign():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3)) * 2 + 1
+    right = (x - x.mean(0)) / x.std(0)
+    unbiased = (x - x.mean(0)) / x.std(0, ddof=1)
+    msg = compare(unbiased, right)
+    assert "sqrt((N - 1) / N) for N = 16" in msg and "unbiased variance" in msg
+    assert "0.9375 times the expected one" in compare(x.var(0), x.var(0, ddof=1))  # 15/16
+    assert "a constant factor" in compare(3 * right, right)
+    assert "same constant, 0.5" in compare(right + 0.5, right)
+    assert "sign" in compare(-right, right)
+    assert compare(right + rng.normal(size=right.shape), right).endswith("values are off")
 
 
 # --------------------------------------------------------------------------------------

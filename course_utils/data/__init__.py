@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import seeds as seeding
+
 __all__ = [
     "MNIST_MD5",
     "MNISTSplit",
@@ -160,7 +162,7 @@ def batches(
     """
     if batch_size < 1 or batch_size > len(x):
         raise ValueError(f"batch_size must be between 1 and {len(x)}, got {batch_size}")
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     epoch = 0
     while epochs is None or epoch < epochs:
         perm = torch.randperm(len(x), generator=g)
@@ -178,7 +180,7 @@ def badly_scaled_2d(n: int = 200, scales: tuple[float, float] = (1.0, 100.0), se
            non-zero mean. y: float64 array (n,), ``y = X @ w_true + noise``.
         w_true: float64 array (2,).
     """
-    rng = np.random.default_rng(seed)
+    rng = seeding.rng(seed)
     X = rng.normal(size=(n, 2)) * np.asarray(scales) + np.asarray(scales) * np.array([0.5, 2.0])
     w_true = np.array([2.0, -3.0]) / np.asarray(scales)
     y = X @ w_true + 0.1 * rng.normal(size=n)
@@ -193,7 +195,7 @@ def with_outliers(
     Returns:
         float64 array (n, 1).
     """
-    rng = np.random.default_rng(seed)
+    rng = seeding.rng(seed)
     x = rng.normal(size=(n, 1))
     k = max(1, int(round(frac * n)))
     x[rng.choice(n, size=k, replace=False), 0] = magnitude * (1 + rng.random(k))

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .mistakes import factor_mistake
+
 __all__ = [
     "Case",
     "Exercise",
@@ -315,8 +317,8 @@ def compare(
         kinds = "NaN" if np.isnan(g[bad]).any() else "inf"
         return (
             f"{name}: contains {kinds} ({int(bad.sum())} of {g.size} values) where finite "
-            f"values were expected - look for a division by zero or a square root of a "
-            f"negative number"
+            f"values were expected - look for a division by zero (a variance of 0 needs the "
+            f"eps inside the square root, sqrt(var + eps)) or a square root of a negative number"
         )
     if g.size == 0:
         return None
@@ -327,10 +329,11 @@ def compare(
         return None
     idx = np.unravel_index(int(np.argmax(err - tol)), err.shape)
     where = f" at index {tuple(int(i) for i in idx)}" if g.ndim else ""
+    pattern = factor_mistake(g, e) if g.size > 1 else None
     return (
         f"{name}: wrong values - largest error {_fmt(float(err[idx]))}{where} "
         f"(got {_fmt(float(g[idx]))}, expected {_fmt(float(e[idx]))}); "
-        f"{int((err > tol).sum())} of {g.size} values are off"
+        f"{int((err > tol).sum())} of {g.size} values are off" + (f"; {pattern}" if pattern else "")
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .core import Case, Exercise, answer
+from .mistakes import normalization_mistake
 from .registry import register
 
 
@@ -25,6 +26,11 @@ def _cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
     return cases
 
 
+def _diagnose(got, expected, case: Case) -> str | None:
+    # name the usual mistakes: N - 1, eps misplaced or missing, the wrong axis
+    return normalization_mistake(got, case.args[0], (0,), case.kwargs.get("eps", 1e-5))
+
+
 register(
     Exercise(
         id="00.standardize_columns",
@@ -33,10 +39,14 @@ register(
         title="Standardize each column of an (N, D) array to mean 0 and variance 1",
         reference=answer("00", "standardize_columns"),
         cases=_cases,
+        diagnose=_diagnose,
         hints=(
-            "Reduce over the batch axis: x.mean(axis=0) has shape (D,).",
-            "Use the biased variance ((x - mean)**2).mean(axis=0), as batch norm does.",
-            "Divide by np.sqrt(var + eps), so a constant column gives zeros instead of NaN.",
+            "Each column is one feature. Which axis of the (N, D) array runs over the samples "
+            "of one column? The mean and the variance you need have one value per column.",
+            "Reduce over axis 0 (the results have shape (D,)) and use the biased variance: "
+            "the mean of the squared deviations, dividing by N, not N - 1.",
+            "Return (x - mean) / np.sqrt(var + eps): eps inside the square root turns a "
+            "constant column into zeros instead of NaN.",
         ),
     )
 )

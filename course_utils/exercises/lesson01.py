@@ -7,6 +7,7 @@ import copy
 import numpy as np
 
 from .core import Case, Exercise, answer
+from .mistakes import normalization_mistake
 from .registry import register
 
 _VALID = ("standard", "minmax", "robust")
@@ -103,6 +104,10 @@ def _diagnose_scaler(kind: str):
                     "your standard deviation is the sample one (ddof=1); use the "
                     "population standard deviation, np.std's default (ddof=0)."
                 )
+            if case.meta.get("const") is None:  # the wrong axis, or a variance for a std
+                msg = normalization_mistake(tr, x_train, (0,), 0.0)
+                if msg:
+                    return f"transform(X_train): {msg}"
         if _close(tr, expected["transform(X_train)"]) and _close(te, expected["transform(X_test)"]):
             inv = got.get("inverse_transform(Z)")
             if inv is not None and not _close(inv, expected["inverse_transform(Z)"]):
@@ -133,12 +138,16 @@ register(
         run=_run_scaler,
         diagnose=_diagnose_scaler("standard"),
         hints=(
-            "In fit, reduce over the samples: X.mean(axis=0) and X.std(axis=0) have shape (D,). "
-            "Store them on self (self.mean_, self.scale_) and return self.",
-            "A constant column has std 0: np.where(std > 0, std, 1.0) keeps it from "
-            "dividing by zero, and the column then maps to 0.",
-            "transform uses the stored statistics, never the ones of the data it is given; "
-            "inverse_transform is Z * self.scale_ + self.mean_.",
+            "fit learns one mean and one spread per feature (column) from the training "
+            "data and keeps them on the object; transform only applies them. What must "
+            "fit give back so that Standardizer().fit(X).transform(X) works?",
+            "In fit: X.mean(axis=0) and the population std X.std(axis=0) (ddof=0), "
+            "both shape (D,), stored as self.mean_ and self.scale_; return self. A "
+            "constant column has std 0: np.where(std > 0, std, 1.0) keeps it from "
+            "dividing by zero, and the column maps to 0.",
+            "transform uses the stored statistics, never the ones of the data it is "
+            "given: (X - self.mean_) / self.scale_; inverse_transform is Z * "
+            "self.scale_ + self.mean_.",
         ),
     ),
     Exercise(
@@ -151,11 +160,14 @@ register(
         run=_run_scaler,
         diagnose=_diagnose_scaler("minmax"),
         hints=(
-            "In fit, store self.min_ = X.min(axis=0) and the range X.max(axis=0) - self.min_ "
-            "(both shape (D,)); return self.",
-            "A constant column has range 0: use 1 instead, so the column maps to 0.",
-            "transform is (X - self.min_) / self.range_; test data may fall outside [0, 1], "
-            "which is correct. inverse_transform is Z * self.range_ + self.min_.",
+            "fit learns each feature's smallest value and its range from the training "
+            "data; transform maps the training minimum to 0 and the maximum to 1. What "
+            "should happen to a feature whose range is 0?",
+            "In fit, store self.min_ = X.min(axis=0) and the range X.max(axis=0) - "
+            "self.min_ (both shape (D,)), with 1 where the range is 0; return self.",
+            "transform is (X - self.min_) / self.range_; test data may fall outside "
+            "[0, 1], which is correct. inverse_transform is Z * self.range_ + "
+            "self.min_.",
         ),
     ),
 )
@@ -263,10 +275,13 @@ register(
         cases=_choice_cases,
         diagnose=_diagnose_choice,
         hints=(
-            "Outliers first: with q25, q50, q75 = np.percentile(x, [25, 50, 75]), a value with "
-            "|x - q50| > 10 * (q75 - q25) is an outlier, and any outlier means 'robust'.",
-            "No outliers and bounded_range=True: 'minmax'.",
-            "Everything else, Gaussian-looking or not: 'standard'.",
+            "Turn the table above into three questions, asked in order: does the "
+            "feature have outliers? Does the model need a bounded range? Otherwise?",
+            "An outlier lies more than 10 interquartile ranges from the median: q25, "
+            "q50, q75 = np.percentile(x, [25, 50, 75]), and any value with |x - q50| > "
+            "10 * (q75 - q25) means 'robust' (outliers take precedence).",
+            "No outliers and bounded_range=True: 'minmax'. Everything else, "
+            "Gaussian-looking or not: 'standard'.",
         ),
     ),
 )

@@ -110,12 +110,17 @@ register(
         atol=1e-6,
         rtol=1e-4,
         hints=(
-            "For each block in model.blocks, block.act.register_forward_hook(hook) returns a "
-            "handle; the hook is called as hook(module, inputs, output).",
-            "Append output.detach() to a list in the hook, run model(x) once under "
-            "torch.no_grad(), then call handle.remove() for every handle.",
-            "Per layer: a.mean(), a.std() and (a.abs() > threshold).float().mean(); return "
-            "each as a NumPy array of length L (np.array([...])).",
+            "A forward hook sees a module's output every time the module runs. Which "
+            "modules' outputs are the activations, and how do you make sure no hook "
+            "stays attached when the function returns, even if something fails?",
+            "For each block in model.blocks, block.act.register_forward_hook(hook) "
+            "returns a handle; the hook is called as hook(module, inputs, output) and "
+            "can append output.detach() to a list. Run model(x) once under "
+            "torch.no_grad(), then call handle.remove() for every handle (in a finally "
+            "block).",
+            "Per layer: a.mean(), a.std() (unbiased, torch's default) and (a.abs() > "
+            "threshold).float().mean(); return each as a NumPy array of length L "
+            "(np.array([...])).",
         ),
     ),
 )

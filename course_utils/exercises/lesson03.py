@@ -18,6 +18,7 @@ from .core import (
     rel_error,
 )
 from .drivers import forward_backward, kernels_blocked
+from .mistakes import normalization_mistake
 from .registry import register
 
 GRAD_TOL = 1e-6  # largest relative error accepted for a gradient (float64 inputs)
@@ -181,7 +182,11 @@ def _forward_diagnose(got, expected, case: Case) -> str | None:
     for flaws, message in _FORWARD_FLAWS:
         if _matches(got, _forward_run(_forward_variant(**flaws), case)):
             return message
-    return None
+    xs, gamma, beta = case.args[:3]
+    msg = normalization_mistake(
+        got.get("call 1 (train): out"), xs[0], (0,), case.kwargs["eps"], gamma, beta
+    )
+    return f"call 1 (train): {msg}" if msg else None
 
 
 # ------------------------------------------------------------------------------------------
@@ -441,11 +446,16 @@ register(
         atol=1e-6,
         rtol=1e-5,
         hints=(
+            "Two modes: in training the statistics come from this batch, one mean and "
+            "one variance per feature, and the running statistics move towards them; "
+            "in eval the running statistics normalize and come back unchanged.",
             "Training: mu = x.mean(axis=0), var = x.var(axis=0) (biased, ddof=0), "
-            "x_hat = (x - mu) / np.sqrt(var + eps), out = gamma * x_hat + beta.",
-            "Training also returns new running statistics: (1 - momentum) * running_mean + "
-            "momentum * mu, and the same for the variance with the unbiased var * N / (N - 1).",
-            "Eval: normalize with running_mean and running_var and return them unchanged.",
+            "x_hat = (x - mu) / np.sqrt(var + eps), out = gamma * x_hat + beta. Eval: "
+            "the same formula with running_mean and running_var, which are returned "
+            "unchanged.",
+            "The new running statistics in training: (1 - momentum) * running_mean + "
+            "momentum * mu, and the same for the variance with the unbiased var * N / "
+            "(N - 1).",
         ),
     ),
     Exercise(
@@ -461,13 +471,16 @@ register(
         rtol=1e-5,
         forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
         hints=(
-            "Recompute the forward nodes first: mu, xmu = x - mu, var = (xmu**2).mean(0), "
-            "ivar = 1 / np.sqrt(var + eps), x_hat = xmu * ivar.",
-            "Walk back: dbeta = dout.sum(0); dgamma = (dout * x_hat).sum(0); dx_hat = dout * "
-            "gamma; then d ivar = (dx_hat * xmu).sum(0) and dxmu = dx_hat * ivar + (the path "
-            "through var).",
-            "var = mean(xmu**2) gives dxmu += 2 * xmu / N * dvar, with dvar = -0.5 * (var + "
-            "eps)**-1.5 * d ivar. Finally dx = dxmu - dxmu.mean(0) (the path through mu).",
+            "Recompute every forward node of the table from x, then walk the table "
+            "from the last row (node 8) back to the first, one local derivative per "
+            "node. Where a value feeds two nodes, the two gradients add.",
+            "Forward nodes: mu, xmu = x - mu, var = (xmu**2).mean(0), sqrtvar = "
+            "np.sqrt(var + eps), ivar = 1 / sqrtvar, x_hat = xmu * ivar. Backward from "
+            "the top: dbeta = dout.sum(0), dgamma = (dout * x_hat).sum(0), dx_hat = "
+            "dout * gamma, divar = (dx_hat * xmu).sum(0), dxmu = dx_hat * ivar.",
+            "dvar = -divar / sqrtvar**2 / (2 * sqrtvar); the second path into xmu adds "
+            "2 * xmu * dvar / N to dxmu; finally dx = dxmu - dxmu.mean(0) (the path "
+            "through mu).",
         ),
     ),
     Exercise(
@@ -483,9 +496,11 @@ register(
         rtol=1e-5,
         forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
         hints=(
-            "With g = dout * gamma and x_hat as in the forward, dx = (g - g.mean(0) - x_hat * "
-            "(g * x_hat).mean(0)) / np.sqrt(var + eps).",
-            "dgamma and dbeta are the same as in the staged version.",
+            "The closed form in the text needs three ingredients: the upstream "
+            "gradient times gamma, x_hat, and the inverse standard deviation. Which "
+            "two batch means does it take away from the first one?",
+            "dgamma = (dout * x_hat).sum(0) and dbeta = dout.sum(0), as in the staged version.",
+            "dx = (g - g.mean(0) - x_hat * (g * x_hat).mean(0)) / np.sqrt(var + eps).",
         ),
     ),
     Exercise(
@@ -501,14 +516,18 @@ register(
         rtol=1e-4,
         forbidden=tuple(n for n in FORBIDDEN_CALLS if n != "BatchNorm2d"),
         hints=(
+            "Start from what the module holds: two parameters and three buffers, with "
+            "torch's names (listed above the exercise). The statistics are per "
+            "channel: over which three axes of (N, C, H, W)?",
             "__init__: self.weight = nn.Parameter(torch.ones(C)), self.bias = "
-            "nn.Parameter(torch.zeros(C)); register_buffer('running_mean', torch.zeros(C)), "
-            "'running_var' (ones) and 'num_batches_tracked' (torch.tensor(0, dtype=torch.long)).",
-            "Training: mean = x.mean(dim=(0, 2, 3)), var = x.var(dim=(0, 2, 3), "
-            "unbiased=False); reshape (C,) vectors to (1, C, 1, 1) to broadcast.",
-            "Update the buffers under torch.no_grad() with the unbiased variance "
-            "var * n / (n - 1), n = N * H * W, and add 1 to num_batches_tracked. Eval mode "
-            "(not self.training) uses the running statistics.",
+            "nn.Parameter(torch.zeros(C)); register_buffer('running_mean', "
+            "torch.zeros(C)), 'running_var' (ones) and 'num_batches_tracked' "
+            "(torch.tensor(0, dtype=torch.long)). Training: mean = x.mean(dim=(0, 2, "
+            "3)), var = x.var(dim=(0, 2, 3), unbiased=False); reshape (C,) vectors to "
+            "(1, C, 1, 1) to broadcast.",
+            "Update the buffers under torch.no_grad() with the unbiased variance var * "
+            "n / (n - 1), n = N * H * W, and add 1 to num_batches_tracked. Eval mode "
+            "(not self.training) normalizes with the running statistics.",
         ),
     ),
 )

@@ -491,14 +491,18 @@ register(
         atol=1e-5,
         rtol=1e-4,
         hints=(
-            "__init__: weight = nn.Parameter(torch.ones(C)), bias = nn.Parameter(torch.zeros(C)),"
-            " buffers running_mean (zeros) and running_var (ones) with self.register_buffer.",
-            "Training: g = min(self.ghost_size, N); xg = x.reshape(N // g, g, C); mean = "
-            "xg.mean(1, keepdim=True); var = ((xg - mean) ** 2).mean(1, keepdim=True); normalize,"
-            " reshape back to (N, C), then * weight + bias.",
-            "Under torch.no_grad(): running_mean = (1 - m) * running_mean + m * mean.mean over "
-            "ghost batches; running_var likewise with the unbiased var * g / (g - 1). Eval mode: "
-            "(x - running_mean) / sqrt(running_var + eps) * weight + bias.",
+            "The gradient still sees the whole batch; only the statistics are split. "
+            "How can you view an (N, C) batch as N // g chunks of g consecutive "
+            "samples, so that each chunk gets its own mean and variance?",
+            "Parameters and buffers as in BatchNorm1d (weight ones, bias zeros, "
+            "running_mean zeros, running_var ones, with self.register_buffer). "
+            "Training: g = min(self.ghost_size, N); xg = x.reshape(N // g, g, C); mean "
+            "= xg.mean(1, keepdim=True); var = ((xg - mean) ** 2).mean(1, "
+            "keepdim=True); normalize, reshape back to (N, C), then * weight + bias.",
+            "Under torch.no_grad(): running_mean = (1 - m) * running_mean + m * (mean "
+            "of the ghost batches' means); running_var likewise with their unbiased "
+            "var * g / (g - 1). Eval mode: (x - running_mean) / sqrt(running_var + "
+            "eps) * weight + bias.",
         ),
     ),
     Exercise(
@@ -514,13 +518,18 @@ register(
         rtol=1e-4,
         forbidden=(),  # the learner's function runs the model, whose layers are torch's
         hints=(
-            "Find the layers: [m for m in model.modules() if isinstance(m, "
-            "nn.modules.batchnorm._BatchNorm)] covers BatchNorm1d and BatchNorm2d.",
-            "For each: remember m.momentum, call m.reset_running_stats(), set m.momentum = None "
-            "(a plain average over the batches). Then model.train() and, under torch.no_grad(), "
-            "model(x[i:i + batch_size]) for i in range(0, len(x), batch_size).",
-            "Finally restore every momentum and the model's mode: was = model.training at the "
-            "start, model.train(was) at the end.",
+            "Recalibration forgets the old running statistics and averages new ones "
+            "over the given batches, every batch counting equally. Which mode updates "
+            "the running statistics, and which attribute of a batch-norm layer decides "
+            "how they are averaged?",
+            "Find the layers with [m for m in model.modules() if isinstance(m, "
+            "nn.modules.batchnorm._BatchNorm)]. For each: remember m.momentum, call "
+            "m.reset_running_stats(), set m.momentum = None (a plain average over the "
+            "batches).",
+            "Then model.train() and, under torch.no_grad(), model(x[i:i + batch_size]) "
+            "for i in range(0, len(x), batch_size). Finally restore every momentum and "
+            "the model's mode (was = model.training at the start, model.train(was) at "
+            "the end).",
         ),
     ),
     Exercise(
@@ -536,11 +545,14 @@ register(
         rtol=0.0,
         forbidden=(),
         hints=(
-            "Batch norm behaves differently in the two modes: evaluation needs model.eval().",
+            "Batch norm behaves differently in the two modes. Which mode gives the "
+            "accuracy the model will have at inference, and what must the function "
+            "leave as it found it?",
             "The training loop calls this function in the middle of training: remember "
-            "was = model.training first and call model.train(was) before returning.",
-            "Wrap the forward passes in torch.no_grad(): no graph is needed to count correct "
-            "predictions.",
+            "was = model.training, call model.eval() to evaluate, and model.train(was) "
+            "before returning.",
+            "Wrap the forward passes in torch.no_grad(): no graph is needed to count "
+            "correct predictions.",
         ),
     ),
 )

@@ -19,6 +19,7 @@ from .core import (
     train_eval_diagnosis,
 )
 from .drivers import forward_backward, kernels_blocked
+from .mistakes import normalization_mistake
 from .registry import register
 
 GRAD_TOL = 1e-6  # largest relative error accepted for a gradient (float64 inputs)
@@ -78,33 +79,24 @@ def _forward_diagnose(kind: str):
             g = np.asarray(got, dtype=np.float64)
         except (TypeError, ValueError):
             return None
-        if g.shape != np.shape(expected) or compare(g, expected) is None:
+        if g.shape != np.shape(expected) or np.allclose(g, expected, rtol=1e-8, atol=1e-10):
             return None
         x = np.asarray(case.args[0], dtype=np.float64)
         gamma = case.args[1]
-        beta = case.args[2] if kind == "layer" else 0.0
+        beta = case.args[2] if kind == "layer" else None
         eps = case.kwargs["eps"]
-        if kind == "layer":
-            over_batch = (x - x.mean(0)) / np.sqrt(x.var(0) + eps) * gamma + beta
-            if x.ndim == 2 and x.shape[0] > 1 and compare(g, over_batch) is None:
-                return (
-                    "statistics computed over the batch (axis 0): that is batch norm. Layer "
-                    "norm uses each sample's own mean and variance over its features: "
-                    "x.mean(axis=-1, keepdims=True)"
-                )
-            outside = (x - x.mean(-1, keepdims=True)) / (x.std(-1, keepdims=True) + eps)
-            if compare(g, outside * gamma + beta) is None:
-                return "eps belongs inside the square root: (x - mean) / sqrt(var + eps)"
-        else:
+        wrong_axes = {"over the batch (axis 0): that is batch norm": (0,)} if x.ndim >= 2 else {}
+        if kind == "rms":
             centred = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
             if compare(g, centred * gamma) is None:
                 return (
                     "your output subtracts the mean: RMS norm does not centre, it divides x "
                     "by sqrt(mean(x**2) + eps)"
                 )
-            if compare(g, x / np.sqrt((x * x).mean(-1, keepdims=True)) * gamma) is None:
-                return "add eps inside the square root: x / sqrt(mean(x**2) + eps)"
-        return None
+        # the usual slips: N - 1, eps misplaced or missing, the wrong axis
+        return normalization_mistake(
+            g, x, (-1,), eps, gamma, beta, center=kind == "layer", other_axes=wrong_axes
+        )
 
     return diagnose
 
@@ -307,10 +299,13 @@ register(
         atol=1e-7,
         rtol=1e-6,
         hints=(
-            "Reduce over the last axis and keep it for broadcasting: mu = x.mean(axis=-1, "
-            "keepdims=True).",
-            "var = ((x - mu) ** 2).mean(axis=-1, keepdims=True) (biased), then (x - mu) / "
-            "np.sqrt(var + eps) * gamma + beta.",
+            "The same formula as batch norm, along the other axis: the statistics "
+            "belong to one sample (one row of (N, D), one token of (N, T, D)). Which "
+            "axis index works for every shape (..., D)?",
+            "mu = x.mean(axis=-1, keepdims=True) and var = ((x - mu) ** "
+            "2).mean(axis=-1, keepdims=True) (biased); keepdims keeps them "
+            "broadcastable against x.",
+            "Return (x - mu) / np.sqrt(var + eps) * gamma + beta.",
         ),
     ),
     Exercise(
@@ -325,12 +320,14 @@ register(
         rtol=1e-5,
         forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
         hints=(
-            "It is batch norm's backward with the axes swapped: the statistics are over axis 1 "
-            "(features), so every mean in the formula is over axis=1, keepdims=True.",
-            "dbeta = dout.sum(axis=0); dgamma = (dout * x_hat).sum(axis=0): gamma and beta are "
-            "shared by all samples, so their gradients sum over the batch.",
-            "With g = dout * gamma: dx = (g - g.mean(1, keepdims=True) - x_hat * (g * x_hat)"
-            ".mean(1, keepdims=True)) / np.sqrt(var + eps).",
+            "Layer norm is batch norm applied to the transposed matrix. Over which "
+            "axis do the means of the closed form run now, and over which axis do "
+            "dgamma and dbeta sum?",
+            "Every mean in the formula is over axis=1, keepdims=True; dbeta = "
+            "dout.sum(axis=0) and dgamma = (dout * x_hat).sum(axis=0): gamma and beta "
+            "are shared by all samples.",
+            "With g = dout * gamma: dx = (g - g.mean(1, keepdims=True) - x_hat * (g * "
+            "x_hat).mean(1, keepdims=True)) / np.sqrt(var + eps).",
         ),
     ),
     Exercise(
@@ -344,7 +341,9 @@ register(
         atol=1e-7,
         rtol=1e-6,
         hints=(
-            "No mean subtraction: rms = np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + eps).",
+            "Layer norm without the centring: which statistic of each row is left, and "
+            "is there still a bias?",
+            "rms = np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + eps); no mean is subtracted.",
             "Return x / rms * weight.",
         ),
     ),
@@ -360,9 +359,11 @@ register(
         rtol=1e-5,
         forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
         hints=(
-            "With r = 1 / sqrt(mean(x**2) + eps) per row, y = x * r * w. dweight = (dout * x * r)"
-            ".sum(axis=0).",
-            "r depends on every x of its row: dr/dx_j = -r**3 * x_j / D.",
+            "Besides the direct path from x to y, every x of a row also changes y "
+            "through the row's inverse RMS, r. Write y as x times r times the weight "
+            "and apply the product rule.",
+            "dweight = (dout * x * r).sum(axis=0); r depends on every x of its row: "
+            "dr/dx_j = -r**3 * x_j / D.",
             "With g = dout * w: dx = r * g - x * r**3 * (g * x).mean(axis=1, keepdims=True).",
         ),
     ),
@@ -379,15 +380,18 @@ register(
         rtol=1e-4,
         forbidden=tuple(n for n in FORBIDDEN_CALLS if n != "LayerNorm"),
         hints=(
-            "normalized_shape may be an int: store self.normalized_shape = (n,) if isinstance(n, "
-            "int) else tuple(n). The statistics are over the last len(normalized_shape) dims: "
-            "dims = tuple(range(-len(self.normalized_shape), 0)).",
-            "Parameters: weight = nn.Parameter(torch.ones(normalized_shape)) and bias (zeros) when "
-            "elementwise_affine; bias=False leaves only the weight; use "
+            "Mirror torch: nn.LayerNorm's documentation lists the constructor "
+            "arguments and the parameters they create. Over which dimensions of the "
+            "input does it normalize, given normalized_shape?",
+            "normalized_shape may be an int: store self.normalized_shape = (n,) if "
+            "isinstance(n, int) else tuple(n); the statistics run over dims = "
+            "tuple(range(-len(self.normalized_shape), 0)). Parameters: weight = "
+            "nn.Parameter(torch.ones(normalized_shape)) and bias (zeros) when "
+            "elementwise_affine; bias=False keeps only the weight; "
             "self.register_parameter('bias', None) for a missing one.",
-            "forward: mean = x.mean(dims, keepdim=True), var = ((x - mean) ** 2).mean(dims, "
-            "keepdim=True); y = (x - mean) / torch.sqrt(var + eps), then * weight and + bias if "
-            "present. Train and eval mode are the same.",
+            "forward: mean = x.mean(dims, keepdim=True), var = ((x - mean) ** "
+            "2).mean(dims, keepdim=True); y = (x - mean) / torch.sqrt(var + eps), then "
+            "* weight and + bias if present. Train and eval mode are the same.",
         ),
     ),
 )

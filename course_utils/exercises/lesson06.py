@@ -19,6 +19,7 @@ from .core import (
     numerical_gradient,
 )
 from .drivers import forward_backward, kernels_blocked
+from .mistakes import normalization_mistake
 from .registry import register
 
 GRAD_TOL = 1e-6
@@ -119,7 +120,8 @@ def _in_diagnose(got, expected, case: Case) -> str | None:
                 f"statistics computed {what}. Instance norm uses one mean and variance per "
                 "sample and channel, over H and W: x.mean(axis=(2, 3), keepdims=True)"
             )
-    return None
+    # the usual slips: N - 1, eps misplaced or missing, gamma and beta forgotten
+    return normalization_mistake(g, x, (2, 3), eps, w, b, other_axes={})
 
 
 def _gn_diagnose(got, expected, case: Case) -> str | None:
@@ -155,7 +157,11 @@ def _gn_diagnose(got, expected, case: Case) -> str | None:
     grouped = _normalize(x.reshape(n, groups, -1), (2,), eps).reshape(x.shape)
     if compare(g, grouped) is None:
         return "gamma and beta are missing: scale and shift per channel after normalizing"
-    return None
+    # the usual slips (N - 1, eps misplaced or missing), in the grouped view (N, G, C/G*H*W)
+    gw, gb = (np.broadcast_to(v, x.shape).reshape(n, groups, -1) for v in (w, b))
+    return normalization_mistake(
+        g.reshape(n, groups, -1), x.reshape(n, groups, -1), (2,), eps, gw, gb, other_axes={}
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -355,8 +361,11 @@ register(
         atol=1e-7,
         rtol=1e-6,
         hints=(
-            "One mean per (sample, channel): mu = x.mean(axis=(2, 3), keepdims=True) has shape "
-            "(N, C, 1, 1).",
+            "Instance norm pools one sample and one channel at a time: which axes of "
+            "(N, C, H, W) does each mean run over, and which shape should it keep for "
+            "broadcasting?",
+            "mu = x.mean(axis=(2, 3), keepdims=True) has shape (N, C, 1, 1); the "
+            "biased variance likewise; normalize with np.sqrt(var + eps).",
             "gamma and beta have shape (C,): reshape them to (1, C, 1, 1) to broadcast.",
         ),
     ),
@@ -371,12 +380,13 @@ register(
         atol=1e-7,
         rtol=1e-6,
         hints=(
-            "Reshape to (N, G, C // G * H * W): xg = x.reshape(N, num_groups, -1). Each row of "
-            "xg is one group of one sample.",
-            "mu = xg.mean(axis=2, keepdims=True), var = ((xg - mu) ** 2).mean(axis=2, "
-            "keepdims=True); normalize, reshape back to x.shape.",
-            "Then * gamma.reshape(1, C, 1, 1) + beta.reshape(1, C, 1, 1): the affine part is per "
-            "channel, not per group.",
+            "A group is C // G consecutive channels of one sample. Can you reshape x "
+            "so that each group's values lie along one axis?",
+            "xg = x.reshape(N, num_groups, -1): each row of xg is one group of one "
+            "sample. mu = xg.mean(axis=2, keepdims=True), var = ((xg - mu) ** "
+            "2).mean(axis=2, keepdims=True); normalize, reshape back to x.shape.",
+            "Then * gamma.reshape(1, C, 1, 1) + beta.reshape(1, C, 1, 1): the scale "
+            "and shift are per channel, not per group.",
         ),
     ),
     Exercise(
@@ -391,12 +401,14 @@ register(
         rtol=1e-5,
         forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
         hints=(
-            "dbeta = dout.sum(axis=(0, 2, 3)) and dgamma = (dout * x_hat).sum(axis=(0, 2, 3)): "
-            "per channel, summed over everything else.",
-            "For dx, work in the grouped view: g = (dout * gamma[per channel]).reshape(N, G, -1) "
-            "and x_hat.reshape(N, G, -1); every mean runs over axis 2 (one group).",
-            "dx = (g - g.mean(2, keepdims=True) - xh * (g * xh).mean(2, keepdims=True)) / "
-            "np.sqrt(var + eps), then reshape to x.shape.",
+            "Inside one group this is layer norm's backward. Which view of the tensor "
+            "makes every group one row, and which parameters stay per channel?",
+            "dbeta = dout.sum(axis=(0, 2, 3)) and dgamma = (dout * x_hat).sum(axis=(0, "
+            "2, 3)). For dx, work in the grouped view: g = (dout * gamma[per "
+            "channel]).reshape(N, G, -1) and x_hat.reshape(N, G, -1); every mean runs "
+            "over axis 2 (one group).",
+            "dx = (g - g.mean(2, keepdims=True) - xh * (g * xh).mean(2, "
+            "keepdims=True)) / np.sqrt(var + eps), then reshape to x.shape.",
         ),
     ),
     Exercise(
@@ -412,13 +424,15 @@ register(
         rtol=1e-4,
         forbidden=tuple(n for n in FORBIDDEN_CALLS if n != "GroupNorm"),
         hints=(
-            "In __init__, raise ValueError(f'num_channels ({C}) must be divisible by num_groups "
-            "({G})') when C % G != 0, as torch does.",
-            "Parameters when affine: weight = nn.Parameter(torch.ones(C)), bias = "
-            "nn.Parameter(torch.zeros(C)); otherwise register_parameter('weight', None) and the "
-            "same for bias.",
-            "forward for (N, C, *): xg = x.reshape(N, G, -1); mean and biased variance over dim 2; "
-            "normalize, reshape to x.shape, then weight and bias viewed as (1, C, 1, ...).",
+            "Mirror torch: nn.GroupNorm checks its arguments when it is built and has "
+            "per-channel parameters. What must happen when C is not divisible by G?",
+            "In __init__, raise ValueError(f'num_channels ({C}) must be divisible by "
+            "num_groups ({G})') when C % G != 0. Parameters when affine: weight = "
+            "nn.Parameter(torch.ones(C)), bias = nn.Parameter(torch.zeros(C)); "
+            "otherwise register_parameter('weight', None) and the same for bias.",
+            "forward for (N, C, *): xg = x.reshape(N, G, -1); mean and biased variance "
+            "over dim 2; normalize, reshape to x.shape, then weight and bias viewed as "
+            "(1, C, 1, ...).",
         ),
     ),
 )

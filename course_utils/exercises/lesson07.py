@@ -307,11 +307,13 @@ register(
         rtol=1e-4,
         forbidden=(),
         hints=(
-            "nn.Sequential(a, b, c) runs a, then b, then c; it keeps the modules you pass.",
-            "'before' means the norm comes before the activation: layer, norm, act. 'after': "
-            "layer, act, norm.",
-            "Anything else: raise ValueError(f\"placement must be 'before' or 'after', got "
-            '{placement!r}").',
+            "The placement only decides the order of the three modules you are given. "
+            "Which torch container runs modules one after another and keeps the very "
+            "modules you pass it?",
+            "nn.Sequential(a, b, c) runs a, then b, then c. 'before' means the norm "
+            "comes before the activation: layer, norm, act; 'after': layer, act, norm.",
+            "Anything else: raise ValueError(f\"placement must be 'before' or "
+            "'after', got {placement!r}\").",
         ),
     ),
     Exercise(
@@ -327,10 +329,14 @@ register(
         rtol=1e-4,
         forbidden=(),
         hints=(
-            "Original: the branch is fc1 -> bn1 -> relu -> fc2 -> bn2; add x; then relu.",
-            "Pre-activation: the branch is bn1 -> relu -> fc1 -> bn2 -> relu -> fc2; add x; "
-            "nothing after the addition.",
-            "Use F.relu (torch.nn.functional) for the activations; the modules are given.",
+            "Write each variant as a branch added to x. In which variant does "
+            "something happen after the addition, and where do the batch norms sit "
+            "relative to the linear layers?",
+            "Original: the branch is fc1 -> bn1 -> relu -> fc2 -> bn2; add x; then "
+            "relu. Pre-activation: the branch is bn1 -> relu -> fc1 -> bn2 -> relu -> "
+            "fc2; add x; nothing after the addition.",
+            "Use F.relu (torch.nn.functional) for the activations; the modules are "
+            "given, so the function builds nothing.",
         ),
     ),
     Exercise(
@@ -347,12 +353,15 @@ register(
         # the course's own Block(norm_position="pre") is this exercise's answer
         forbidden=("Block",),
         hints=(
-            "In __init__ create self.ln1 = nn.LayerNorm(d_model), self.attn = "
-            "SelfAttention(d_model, n_heads), self.ln2 = nn.LayerNorm(d_model) and self.ff = "
-            "FeedForward(d_model, d_ff); call super().__init__() first.",
-            "forward: x = x + self.attn(self.ln1(x)), then x = x + self.ff(self.ln2(x)).",
-            "The residual stream x itself is never normalized inside the block (the stack "
-            "normalizes it once, after the last block).",
+            "Pre-LN normalizes the input of each sub-layer, never the residual stream "
+            "itself. Which four submodules does the block need, under which names (the "
+            "check loads weights by name)?",
+            "In __init__ (after super().__init__()): self.ln1 = nn.LayerNorm(d_model), "
+            "self.attn = SelfAttention(d_model, n_heads), self.ln2 = "
+            "nn.LayerNorm(d_model), self.ff = FeedForward(d_model, d_ff).",
+            "forward: x = x + self.attn(self.ln1(x)), then x = x + "
+            "self.ff(self.ln2(x)); the stack normalizes the stream once, after the "
+            "last block.",
         ),
     ),
 )

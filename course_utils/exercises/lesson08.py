@@ -317,13 +317,19 @@ _CAPSTONE = (
         "eval_mode",
         1,
         "The returned model is in eval mode",
-        ("model.eval() switches every submodule; call it just before `return model`.",),
+        (
+            "In which mode does the broken run hand its model back, and what does that mode "
+            "do when a single image arrives?",
+            "model.eval() switches every submodule; call it just before `return model`.",
+        ),
     ),
     (
         "inputs_scaled",
         1,
         "The model standardizes raw pixels itself",
         (
+            "What range of values does the first Linear layer receive from raw pixels, and "
+            "where could the scaling live so that it travels with the model to inference?",
             "Compute the mean and std of data.x_train once and put a "
             "course_utils.experiments.capstone.Standardize(mean, std) first in the model.",
         ),
@@ -333,6 +339,8 @@ _CAPSTONE = (
         2,
         "No batch norm computed its statistics from a tiny batch",
         (
+            "How many values does each batch-norm statistic pool in the broken run? "
+            "Measurement 2 of the diagnosis shows what that does to the normalized values.",
             "With two samples every batch-norm output is +-1: use batches of 64, or a per-sample "
             "normalization such as LayerNorm.",
         ),
@@ -351,12 +359,14 @@ register(
         diagnose=_groups_diagnose,
         forbidden=(),
         hints=(
-            "Loop over model.modules() and each module's named_parameters(recurse=False), so you "
-            "know which module a parameter belongs to.",
-            "No decay for parameters named 'bias' and for every parameter of a BatchNorm, "
-            "LayerNorm, GroupNorm, InstanceNorm or RMSNorm module (isinstance with a tuple).",
-            "Return [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, "
-            "'weight_decay': 0.0}].",
+            "Every parameter goes in exactly one of two lists. For a parameter, how "
+            "can you tell which module it belongs to and whether it is a bias?",
+            "Loop over model.modules() and each module's "
+            "named_parameters(recurse=False). No decay for parameters named 'bias' and "
+            "for every parameter of a BatchNorm, LayerNorm, GroupNorm, InstanceNorm or "
+            "RMSNorm module (isinstance with a tuple of classes).",
+            "Return [{'params': decay, 'weight_decay': weight_decay}, {'params': "
+            "no_decay, 'weight_decay': 0.0}].",
         ),
     ),
     Exercise(
@@ -372,10 +382,14 @@ register(
         rtol=1e-4,
         forbidden=("update_bn",),
         hints=(
-            "For every batch-norm module: m.reset_running_stats(), and set m.momentum = None "
-            "(a cumulative average over the batches that follow); remember the old momentum.",
-            "Under torch.no_grad(), in train mode, run the model on x[i:i + batch_size] for "
-            "i in range(0, len(x), batch_size).",
+            "Recalibration forgets the old running statistics and averages new ones "
+            "over the given inputs, every batch counting equally. Which mode updates "
+            "them, and which attribute of each batch-norm layer decides how they are "
+            "averaged?",
+            "For every batch-norm module: remember m.momentum, call "
+            "m.reset_running_stats() and set m.momentum = None (a cumulative average "
+            "over the batches that follow). Under torch.no_grad(), in train mode, run "
+            "the model on x[i:i + batch_size] for i in range(0, len(x), batch_size).",
             "Restore each momentum, call model.eval() and return the model.",
         ),
     ),

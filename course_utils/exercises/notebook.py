@@ -211,7 +211,11 @@ def check(exercise_id: str, obj: Any) -> Verdict:
 
 
 def hint(exercise_id: str) -> None:
-    """Show the next hint for an exercise (one more each call)."""
+    """Reveal one more hint for an exercise and show every hint revealed so far.
+
+    Hints go from a nudge to the idea to the formula; the first never gives the answer away.
+    ``reset_hints(exercise_id)`` starts again from the first.
+    """
     try:
         ex = get_exercise(exercise_id)
     except KeyError as e:
@@ -220,17 +224,21 @@ def hint(exercise_id: str) -> None:
     if not ex.hints:
         print(f"{exercise_id} has no hints.")
         return
-    n = _hints_shown.get(exercise_id, 0)
-    if n >= len(ex.hints):
-        print(
-            f"No more hints for {exercise_id} (all {len(ex.hints)} shown). "
-            "Compare with the reference in course_utils.reference if you are stuck."
+    total = len(ex.hints)
+    before = _hints_shown.get(exercise_id, 0)
+    shown = min(before + 1, total)
+    _hints_shown[exercise_id] = shown
+    lines = [f"Hints for {exercise_id} ({shown} of {total} shown):"]
+    lines += [f"  {k}. {text}" for k, text in enumerate(ex.hints[:shown], 1)]
+    if before >= total:
+        lines.append(
+            f"That was the last one. Still stuck? Re-read the formula above the exercise, "
+            f"print the shapes of your intermediate results, and run check() again: it names "
+            f'the first thing that is wrong. reset_hints("{exercise_id}") starts the hints over.'
         )
-        n = len(ex.hints) - 1
-    else:
-        _hints_shown[exercise_id] = n + 1
-    print(f"Hint {n + 1} of {len(ex.hints)} for {exercise_id}: {ex.hints[n]}")
-    sys.stdout.flush()
+    elif shown < total:
+        lines.append(f'Call hint("{exercise_id}") again for the next hint.')
+    print("\n".join(lines), flush=True)
 
 
 def reset_hints(exercise_id: str | None = None) -> None:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import seeds as seeding
 from ..data import MNISTSplit, batches, load_mnist
 
 __all__ = [
@@ -468,7 +469,9 @@ def measure(train_fn: Callable, seed: int, data: MNISTSplit | None = None) -> Ca
         returned.append(train_fn(d, s))
         return returned[-1]
 
-    report = assess(train_and_describe(keep, training_data(data), seed), data)
+    # the claims audit's seed offset reaches train_fn through its seed argument (here, not in
+    # train_and_describe, which the grader's sandbox runs with the grader's own seed)
+    report = assess(train_and_describe(keep, training_data(data), seeding.shifted(seed)), data)
     if returned and isinstance(returned[0], nn.Module):
         report.model = returned[0]
     return report

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import seeds as seeding
 from ..data import MNISTSplit
 from ..models import MLP, make_mlp
 from ..probes import ActivationProbe
@@ -175,34 +176,48 @@ def figure1(
 
 
 class NoisyBatchNorm(nn.Module):
-    """Batch norm followed, in training mode, by a random per-unit scale and shift.
+    """Batch norm followed, in training mode, by Santurkar et al.'s injected noise.
 
-    ``y = bn(x) * s + b`` with ``s ~ U(1, 1 + scale_noise)`` and
-    ``b ~ U(-shift_noise, shift_noise)`` drawn for each unit (feature) and redrawn at every
-    forward pass: a deliberately injected, time-varying covariate shift for the next layer.
-    Eval mode (and ``noise=False``) is plain batch norm.
+    Every activation (each sample i and unit j) gets its own random scale and shift,
+    ``y_ij = s_ij * bn(x)_ij + b_ij``, drawn i.i.d. from a distribution that itself moves at
+    every forward pass: at step t each unit draws a centre ``c_tj ~ U(1, 1 + scale_noise)``
+    and ``m_tj ~ U(-shift_noise, shift_noise)``, then ``s_ij ~ U(c_tj - jitter, c_tj +
+    jitter)`` and ``b_ij ~ U(m_tj - jitter, m_tj + jitter)``. The next layer's input thus has a
+    non-zero mean and a non-unit variance that change every step (deliberate covariate shift),
+    on top of per-sample noise. Eval mode (and ``noise=False``) is plain batch norm.
     """
 
-    def __init__(self, bn: nn.Module, scale_noise: float = 0.5, shift_noise: float = 0.5):
+    def __init__(
+        self,
+        bn: nn.Module,
+        scale_noise: float = 0.5,
+        shift_noise: float = 0.5,
+        jitter: float = 0.25,
+    ):
         super().__init__()
         self.bn = bn
         self.scale_noise, self.shift_noise = float(scale_noise), float(shift_noise)
+        self.jitter = float(jitter)
         self.noise = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(x)
         if self.training and self.noise:
-            shape = (1, y.shape[1]) + (1,) * (y.dim() - 2)
-            s = 1.0 + self.scale_noise * torch.rand(shape)
-            b = self.shift_noise * (2.0 * torch.rand(shape) - 1.0)
+            unit = (1, y.shape[1]) + (1,) * (y.dim() - 2)  # one centre per unit, this step
+            c = 1.0 + self.scale_noise * torch.rand(unit)
+            m = self.shift_noise * (2.0 * torch.rand(unit) - 1.0)
+            s = c + self.jitter * (2.0 * torch.rand(y.shape) - 1.0)  # per sample and unit
+            b = m + self.jitter * (2.0 * torch.rand(y.shape) - 1.0)
             y = y * s + b
         return y
 
 
-def add_noise(model: MLP, scale_noise: float = 0.5, shift_noise: float = 0.5) -> MLP:
+def add_noise(
+    model: MLP, scale_noise: float = 0.5, shift_noise: float = 0.5, jitter: float = 0.25
+) -> MLP:
     """Wrap every ``block.norm`` of a batch-norm MLP in :class:`NoisyBatchNorm` (in place)."""
     for block in model.blocks:
-        block.norm = NoisyBatchNorm(block.norm, scale_noise, shift_noise)
+        block.norm = NoisyBatchNorm(block.norm, scale_noise, shift_noise, jitter)
     return model
 
 
@@ -301,7 +316,7 @@ def noisy_bn(
                 add_noise(model)
             means: list[torch.Tensor] = []
             handle = model.blocks[probe_layer].act.register_forward_hook(_batch_mean_hook(means))
-            torch.manual_seed(1000 + seed)  # the noise draws
+            seeding.torch_seed(1000 + seed)  # the noise draws
             try:
                 hist = train(
                     model,

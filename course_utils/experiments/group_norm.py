@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import seeds as seeding
 from .small_batch import mnist14, sample_order
 
 __all__ = [
@@ -183,7 +184,7 @@ class CNNEnsemble(nn.Module):
         for li, c in enumerate(channels):
             ws, bs = [], []
             for m in self.members:
-                g = torch.Generator().manual_seed(1000 * m.seed + li)
+                g = seeding.generator(1000 * m.seed + li)
                 bound = 1.0 / math.sqrt(c_in * 9)
                 ws.append((torch.rand(c, c_in, 3, 3, generator=g) * 2 - 1) * bound)
                 bs.append((torch.rand(c, generator=g) * 2 - 1) * bound * (m.kind != "batch"))
@@ -197,7 +198,7 @@ class CNNEnsemble(nn.Module):
         self.features = c_in * size * size
         hw, hb = [], []
         for m in self.members:
-            g = torch.Generator().manual_seed(1000 * m.seed + 99)
+            g = seeding.generator(1000 * m.seed + 99)
             bound = 1.0 / math.sqrt(self.features)
             hw.append((torch.rand(self.features, 10, generator=g) * 2 - 1) * bound)
             hb.append((torch.rand(1, 10, generator=g) * 2 - 1) * bound)
@@ -330,8 +331,8 @@ def ensemble_matches_torch(seed: int = 0) -> float:
     group norm), in training mode."""
     members = [Member("batch", 0.1, seed), Member("group", 0.1, seed, groups=2)]
     ens = CNNEnsemble(members, channels=(4, 6), image_size=8)
-    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
-    y = torch.randint(0, 10, (5,), generator=torch.Generator().manual_seed(seed + 1))
+    x = torch.randn(5, 1, 8, 8, generator=seeding.generator(seed))
+    y = torch.randint(0, 10, (5,), generator=seeding.generator(seed + 1))
     logits = ens(x)
     F.cross_entropy(logits[0], y).backward(retain_graph=True)
     grad_bn = ens.convs[0].grad[:4].clone()

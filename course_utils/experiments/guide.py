@@ -17,7 +17,7 @@ ARCHITECTURES = {
     "mlp": "MLP on tabular or flattened data",
     "rnn": "RNN / recurrent sequence model",
     "transformer": "transformer",
-    "style_transfer": "image generation / style transfer",
+    "style_transfer": "feed-forward style transfer",
     "fine_tuning": "fine-tuning a pretrained CNN that has batch norm",
 }
 
@@ -97,7 +97,8 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
             "Pre-LN: x + f(LN(x)) in every block, one LN after the last block",
             (
                 "statistics of one token's features: independent of batch size and length",
-                "Pre-LN trained without warm-up where Post-LN stalled; Post-LN needs warm-up",
+                "Pre-LN trained without warm-up where Post-LN stalled (with Adam, a short "
+                "warm-up is still common)",
                 "RMSNorm drops the mean subtraction and the bias; its speed-up depends on the "
                 "implementation",
             ),
@@ -122,6 +123,9 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 "each image's channels are normalized on their own, which removes the image's "
                 "contrast (per-channel mean and scale) and makes the output independent of "
                 "the batch",
+                "image generation has moved on: diffusion U-Nets use GroupNorm with a "
+                "conditioned scale and shift, DiT uses adaLN-Zero, and StyleGAN2 replaced "
+                "AdaIN by weight demodulation",
             ),
             ("06",),
             ("use affine=True if the network should learn a per-channel scale",),

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import seeds as seeding
 from ..data import MNISTSplit, batches
 from ..models import make_mlp
 from ..training import evaluate, train
@@ -116,8 +117,8 @@ def bias_before_bn(features: int = 8, batch: int = 32, seed: int = 0) -> dict[st
     Returns the largest |gradient| of a loss with respect to the bias, the same for the weight
     (for scale), and the largest change of the BN output when the bias is shifted by 5.
     """
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    g = seeding.generator(seed)
+    seeding.torch_seed(seed)
     lin, bn = nn.Linear(features, features), nn.BatchNorm1d(features)
     x = torch.randn(batch, features, generator=g)
     target = torch.randn(batch, features, generator=g)
@@ -166,11 +167,21 @@ def stale_statistics(
 
 def running_mean_in(
     dtype: torch.dtype, steps: int = 200, mean: float = 5.0, features: int = 4, seed: int = 0
-) -> float:
-    """The running mean a BatchNorm1d kept in ``dtype`` reaches after ``steps`` batches of
-    data with the given mean (the true value)."""
+) -> tuple[float, float]:
+    """Where a BatchNorm1d's running mean ends when the module is kept in ``dtype``.
+
+    ``steps`` batches of 64 samples with true mean ``mean`` pass through the module in
+    training mode. Returns ``(running_mean, reference)``, both averaged over the features:
+    the module's running mean, and the same exponential average computed in float64 from the
+    same batch means. Their difference is what the dtype's rounding costs, separated from the
+    batch-to-batch noise both share.
+    """
     bn = nn.BatchNorm1d(features).to(dtype)
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
+    ref = torch.zeros(features, dtype=torch.float64)
+    m = bn.momentum
     for _ in range(steps):
-        bn(torch.randn(64, features, generator=g).to(dtype) + mean)
-    return float(bn.running_mean.float().mean())
+        x = torch.randn(64, features, generator=g).to(dtype) + mean
+        bn(x)
+        ref = (1 - m) * ref + m * x.double().mean(0)
+    return float(bn.running_mean.double().mean()), float(ref.mean())

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import seeds as seeding
+
 __all__ = ["RESIDUAL_VARIANTS", "ResidualBlock", "ResidualMLP", "signal_through_depth"]
 
 RESIDUAL_VARIANTS = ("original", "preact")
@@ -84,7 +86,7 @@ class ResidualMLP(nn.Module):
         if init not in ("he", "fixup"):
             raise ValueError(f"init must be 'he' or 'fixup', got {init!r}")
         if seed is not None:
-            torch.manual_seed(seed)
+            seeding.torch_seed(seed)
         self.variant, self.norm, self.init = variant, norm, init
         self.stem = nn.Linear(in_features, width)
         self.blocks = nn.ModuleList(ResidualBlock(width, variant, norm) for _ in range(depth))

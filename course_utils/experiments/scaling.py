@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import seeds as seeding
 from ..data import MNISTSplit
 from ..training import evaluate, train
 
@@ -265,7 +266,7 @@ def scaled_split(raw: MNISTSplit, scaler) -> MNISTSplit:
 
 def logistic_regression(seed: int) -> nn.Module:
     """A 784 -> 10 linear classifier (softmax regression) with torch's default init, seeded."""
-    torch.manual_seed(seed)
+    seeding.torch_seed(seed)
     return nn.Linear(784, 10)
 
 

@@ -25,9 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import seeds as seeding
+from .timing import median_times
+
 __all__ = [
     "batch_dependence",
     "invariance_table",
+    "INVARIANCES",
     "time_norms",
     "recall_batch",
     "NormRNN",
@@ -53,7 +57,7 @@ def _norms(d: int) -> dict[str, nn.Module]:
 def batch_dependence(n: int = 16, d: int = 32, trials: int = 5, seed: int = 0) -> dict[str, float]:
     """Largest change of sample 0's output (training mode) when the other n - 1 samples of
     its (n, d) batch are redrawn, over ``trials`` redraws, per normalization."""
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     x0 = torch.randn(1, d, generator=g) * 2 + 1
     out = {}
     for name, norm in _norms(d).items():
@@ -67,33 +71,58 @@ def batch_dependence(n: int = 16, d: int = 32, trials: int = 5, seed: int = 0) -
     return out
 
 
+#: Ba et al.'s (2016, Table 1) transformations, and which normalizations they leave unchanged
+#: (True: invariant up to eps and float32 rounding).
+INVARIANCES = {
+    "weight matrix W x 3": {"batch": True, "layer": True, "rms": True},
+    "weight matrix re-centred: W + 1 v^T": {"batch": False, "layer": True, "rms": False},
+    "each weight vector (row of W) x its own c_j": {"batch": True, "layer": False, "rms": False},
+    "whole data set x 3": {"batch": True, "layer": True, "rms": True},
+    "whole data set + a constant vector u": {"batch": True, "layer": False, "rms": False},
+    "each input feature (column of x) x its own c_k": {
+        "batch": False,
+        "layer": False,
+        "rms": False,
+    },
+    "one sample x 3": {"batch": False, "layer": True, "rms": True},
+}
+
+
 @torch.no_grad()
 def invariance_table(n: int = 32, d_in: int = 16, d: int = 24, seed: int = 0) -> dict[str, dict]:
-    """Which transformations leave ``norm(x @ W.T)`` unchanged (training mode)?
+    """Which transformations of the weights or the data leave ``norm(x @ W.T)`` unchanged?
 
-    Rows: re-scale the whole weight matrix; re-scale each weight vector (row of W, one
-    output feature) differently; re-scale one sample; shift one sample (add a constant to all
-    its pre-activations); re-scale the data set per feature (each column of the pre-activation
-    differently). Values: the largest absolute change of the output, per normalization.
+    ``x`` is (n, d_in), ``W`` is (d, d_in); training mode. The rows are the keys of
+    :data:`INVARIANCES`: re-scale the weight matrix; re-centre it (add the same vector
+    ``v`` to every row, so every output feature of a sample moves by the same ``v . x``);
+    re-scale each row differently; re-scale or shift the whole data set; re-scale each input
+    feature (column of x) differently; re-scale one sample. Values: the largest absolute
+    change of the output (for "one sample", of that sample's output), per normalization.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     x = torch.randn(n, d_in, generator=g)
     w = torch.randn(d, d_in, generator=g) / math.sqrt(d_in)
     norms = _norms(d)
-    col = torch.rand(d, generator=g) * 2.5 + 0.5
+    row_scale = torch.rand(d, generator=g) * 2.5 + 0.5
+    col_scale = torch.rand(d_in, generator=g) * 2.5 + 0.5
+    v = torch.randn(d_in, generator=g)
+    u = torch.randn(d_in, generator=g) * 2
     transforms = {
-        "weight matrix x 3": lambda x, w: x @ (3 * w).T,
-        "each weight vector x its own c_j": lambda x, w: x @ (w * col[:, None]).T,
-        "one sample x 3": lambda x, w: torch.cat([3 * x[:1] @ w.T, x[1:] @ w.T]),
-        "one sample + 2 (all features)": lambda x, w: torch.cat([x[:1] @ w.T + 2, x[1:] @ w.T]),
-        "each feature x its own c_j": lambda x, w: (x @ w.T) * col,
+        "weight matrix W x 3": lambda x, w: (x, 3 * w),
+        "weight matrix re-centred: W + 1 v^T": lambda x, w: (x, w + v[None, :]),
+        "each weight vector (row of W) x its own c_j": lambda x, w: (x, w * row_scale[:, None]),
+        "whole data set x 3": lambda x, w: (3 * x, w),
+        "whole data set + a constant vector u": lambda x, w: (x + u, w),
+        "each input feature (column of x) x its own c_k": lambda x, w: (x * col_scale, w),
+        "one sample x 3": lambda x, w: (torch.cat([3 * x[:1], x[1:]]), w),
     }
     table = {}
     for tname, f in transforms.items():
         row = {}
         for nname, norm in norms.items():
             norm.train()
-            before, after = norm(x @ w.T), norm(f(x, w))
+            x2, w2 = f(x, w)
+            before, after = norm(x @ w.T), norm(x2 @ w2.T)
             if tname.startswith("one sample"):
                 before, after = before[:1], after[:1]  # the sample that was changed
             row[nname] = float((after - before).abs().max())
@@ -101,27 +130,26 @@ def invariance_table(n: int = 32, d_in: int = 16, d: int = 24, seed: int = 0) ->
     return table
 
 
-def _bench(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def time_norms(
+    n: int = 2048, d: int = 512, repeats: int = 15, number: int = 3, seed: int = 0
+) -> dict[str, float]:
+    """Median seconds per call of layer norm and RMS norm on an (n, d) float32 input.
 
-
-def time_norms(n: int = 2048, d: int = 512, repeats: int = 7, seed: int = 0) -> dict[str, float]:
-    """Best-of-``repeats`` seconds for layer norm and RMS norm on an (n, d) float32 input.
-
+    The six versions run in turn, ``repeats`` rounds of ``number`` calls each
+    (:func:`~course_utils.experiments.timing.median_times`), so a busy moment slows all alike.
     Keys: ``"torch LN forward"``, ``"torch RMS forward"``, ``"torch LN fwd+bwd"``,
     ``"torch RMS fwd+bwd"`` (``nn.LayerNorm`` / ``nn.RMSNorm``), ``"numpy LN forward"``,
     ``"numpy RMS forward"`` (the textbook NumPy formulas).
     """
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     x = torch.randn(n, d, generator=g)
     ln, rms = nn.LayerNorm(d), nn.RMSNorm(d)
     xg = x.clone().requires_grad_(True)
     grad = torch.randn(n, d, generator=g)
+
+    def forward(m):
+        with torch.no_grad():
+            return m(x)
 
     def fwd_bwd(m):
         xg.grad = None
@@ -137,15 +165,18 @@ def time_norms(n: int = 2048, d: int = 512, repeats: int = 7, seed: int = 0) -> 
     def np_rms():
         return xn / np.sqrt((xn * xn).mean(1, keepdims=True) + 1e-6)
 
-    out = {}
-    with torch.no_grad():
-        out["torch LN forward"] = _bench(lambda: ln(x), repeats)
-        out["torch RMS forward"] = _bench(lambda: rms(x), repeats)
-    out["torch LN fwd+bwd"] = _bench(lambda: fwd_bwd(ln), repeats)
-    out["torch RMS fwd+bwd"] = _bench(lambda: fwd_bwd(rms), repeats)
-    out["numpy LN forward"] = _bench(np_ln, repeats)
-    out["numpy RMS forward"] = _bench(np_rms, repeats)
-    return out
+    return median_times(
+        {
+            "torch LN forward": lambda: forward(ln),
+            "torch RMS forward": lambda: forward(rms),
+            "torch LN fwd+bwd": lambda: fwd_bwd(ln),
+            "torch RMS fwd+bwd": lambda: fwd_bwd(rms),
+            "numpy LN forward": np_ln,
+            "numpy RMS forward": np_rms,
+        },
+        repeat=repeats,
+        number=number,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -216,7 +247,7 @@ class NormRNN(nn.Module):
 
 
 def _rnn_init(vocab: int, hidden: int, gain: float, seed: int):
-    g = torch.Generator().manual_seed(int(seed))
+    g = seeding.generator(int(seed))
     w_x = (torch.rand(vocab, hidden, generator=g) * 2 - 1) * math.sqrt(3.0)  # std 1
     w_h = (torch.rand(hidden, hidden, generator=g) * 2 - 1) * gain * math.sqrt(3.0 / hidden)
     w_o = (torch.rand(hidden, vocab, generator=g) * 2 - 1) / math.sqrt(hidden)
@@ -318,7 +349,7 @@ def rnn_sweep(
     normed = torch.tensor([m[0] != "none" for m in members], dtype=torch.float32).view(k, 1, 1)
     lr = torch.tensor([m[2] for m in members])
     state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
-    gen = torch.Generator().manual_seed(data_seed)
+    gen = seeding.generator(data_seed)
     losses, accs = [], []
     for step in range(1, steps + 1):
         x, y = recall_batch(batch_size, seq_len, vocab, delay, gen)
@@ -380,7 +411,7 @@ def sweep_matches_module(steps: int = 3) -> float:
     for j, norm in enumerate(RNN_NORMS):
         model = NormRNN(vocab=5, hidden=8, norm=norm, gain=1.5, delay=3, seed=3)
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        gen = torch.Generator().manual_seed(7)
+        gen = seeding.generator(7)
         for s in range(steps):
             x, y = recall_batch(4, 10, 5, 3, gen)
             loss = F.cross_entropy(model(x).reshape(-1, 5), y.reshape(-1))

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import seeds as seeding
 from ..data import MNISTSplit, load_mnist
 
 __all__ = [
@@ -122,7 +123,7 @@ def mnist14(images: bool = False) -> Split14:
 def sample_order(seed: int, n: int, count: int) -> np.ndarray:
     """Indices of ``count`` samples drawn epoch by epoch from ``n`` (a fresh permutation per
     epoch), seeded: every arm that uses the same seed sees the same samples in the same order."""
-    rng = np.random.default_rng(seed)
+    rng = seeding.rng(seed)
     reps = math.ceil(count / n)
     return np.concatenate([rng.permutation(n) for _ in range(reps)])[:count]
 
@@ -203,13 +204,12 @@ class MLPEnsemble:
         for i in range(3):
             bound = 1.0 / math.sqrt(dims[i])
             ws = [
-                np.random.default_rng([int(s), i]).uniform(-bound, bound, (dims[i], dims[i + 1]))
+                seeding.rng([int(s), i]).uniform(-bound, bound, (dims[i], dims[i + 1]))
                 for s in seeds
             ]
             self.W.append(np.stack(ws).astype(np.float32))
             bs = [
-                np.random.default_rng([int(s), i, 1]).uniform(-bound, bound, (1, dims[i + 1]))
-                for s in seeds
+                seeding.rng([int(s), i, 1]).uniform(-bound, bound, (1, dims[i + 1])) for s in seeds
             ]
             self.b.append(np.stack(bs).astype(np.float32))
         self.has_bias = np.array(
@@ -229,7 +229,7 @@ class MLPEnsemble:
             if idx != list(range(idx[0], idx[-1] + 1)):
                 raise ValueError("members of the same kind must be adjacent in `kinds`")
             self.slices[kind] = slice(idx[0], idx[-1] + 1)
-        self._drop_rng = np.random.default_rng([int(s) for s in seeds] + [7])
+        self._drop_rng = seeding.rng([int(s) for s in seeds] + [7])
 
     # -- normalization, forward and backward ------------------------------------------
     def _limit(self, v):
@@ -434,7 +434,7 @@ def train_ensemble(
 def ensemble_matches_torch(seed: int = 0) -> float:
     """Largest relative difference between one :class:`MLPEnsemble` training step and the same
     step of the equivalent ``torch.nn`` model (BatchNorm1d, LayerNorm, GroupNorm members)."""
-    rng = np.random.default_rng(seed)
+    rng = seeding.rng(seed)
     kinds = ["batch", "layer", "group"]
     ens = MLPEnsemble(kinds, [0.1] * 3, [seed] * 3, in_features=20, width=8, groups=4)
     x = rng.normal(size=(3, 6, 20)).astype(np.float32)
@@ -765,7 +765,7 @@ def finetune_frozen_bn(
     for si, seed in enumerate(seeds):
         base = make_mlp(depth=2, width=64, in_features=196, norm="batch", seed=seed)
         opt = torch.optim.SGD(base.parameters(), lr=0.1, momentum=0.9)
-        g = torch.Generator().manual_seed(seed)
+        g = seeding.generator(seed)
         base.train()
         for _ in range(pretrain_steps):
             idx = torch.randint(len(x_pre), (64,), generator=g)
@@ -786,7 +786,7 @@ def finetune_frozen_bn(
                 if arm == "recalibrated, frozen":
                     recalibrate_bn(model, x_ft, batch_size=50)
                 opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-                gen = torch.Generator().manual_seed(100 + seed)
+                gen = seeding.generator(100 + seed)
                 model.train()
                 if arm != "train-mode BN":
                     freeze_bn_statistics(model)

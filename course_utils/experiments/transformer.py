@@ -11,6 +11,7 @@ hidden states (N, T, D), logits (N, T, V).
 - :func:`reversal_batch`, :func:`train_reversal`: the sequence-reversal task and its training
   loop with an optional linear learning-rate warm-up.
 - :func:`grad_norms_at_init`: per-layer gradient norms of a freshly initialised stack.
+- :func:`residual_stream_std`: the standard deviation of the hidden states after each block.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import seeds as seeding
+
 __all__ = [
     "SelfAttention",
     "FeedForward",
@@ -33,6 +36,7 @@ __all__ = [
     "train_reversal",
     "ReversalRun",
     "grad_norms_at_init",
+    "residual_stream_std",
     "NORM_POSITIONS",
 ]
 
@@ -131,7 +135,7 @@ class TinyTransformer(nn.Module):
     ):
         super().__init__()
         if seed is not None:
-            torch.manual_seed(seed)
+            seeding.torch_seed(seed)
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.norm_position = norm_position
         self.embed = nn.Embedding(vocab, d_model)
@@ -190,7 +194,7 @@ def train_reversal(
     when ``warmup`` is 0). Batches come from a generator seeded with ``seed``, so runs that
     differ only in the model see the same sequences.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = np.full(steps, np.nan)
     diverged = False
@@ -211,9 +215,7 @@ def train_reversal(
         opt.step()
     model.eval()
     with torch.no_grad():
-        x, y = reversal_batch(
-            test_size, seq_len, vocab, torch.Generator().manual_seed(10_000 + seed)
-        )
+        x, y = reversal_batch(test_size, seq_len, vocab, seeding.generator(10_000 + seed))
         logits = model(x)
         test_loss = float(F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1)))
         test_acc = float((logits.argmax(-1) == y).float().mean())
@@ -233,11 +235,24 @@ def grad_norms_at_init(
     for seed in seeds:
         model = TinyTransformer(norm_position=norm_position, seed=seed, **model_kwargs)
         vocab = model.head.out_features
-        x, y = reversal_batch(
-            batch_size, model.pos.shape[0], vocab, torch.Generator().manual_seed(seed)
-        )
+        x, y = reversal_batch(batch_size, model.pos.shape[0], vocab, seeding.generator(seed))
         loss = F.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
         loss.backward()
         out["attn"].append([float(b.attn.qkv.weight.grad.norm()) for b in model.blocks])
         out["ff"].append([float(b.ff[2].weight.grad.norm()) for b in model.blocks])
     return {k: np.array(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def residual_stream_std(model: TinyTransformer, tokens: torch.Tensor) -> np.ndarray:
+    """Standard deviation of the hidden states ``x`` (N, T, D) after each block: (n_layers,).
+
+    In a Pre-LN stack this is the residual stream, which no layer norm touches until the
+    final one, so every block adds to it; in a Post-LN stack each block ends with a layer norm.
+    """
+    x = model.embed(tokens) + model.pos[: tokens.shape[1]]
+    out = []
+    for block in model.blocks:
+        x = block(x)
+        out.append(float(x.std()))
+    return np.array(out)
