@@ -1,1 +1,2 @@
-"""The exercises' reference answers, one module per lesson (``lessonNN.py``): invisible to the grader's sandbox."""
+"""The exercises' reference answers, one module per lesson (``lessonNN.py``); the grader's
+sandbox cannot see them."""
