@@ -1,2 +1,1 @@
-"""The exercises' reference answers, one module per lesson (``lessonNN.py``); the grader's
-sandbox cannot see them."""
+"""The exercises' reference answers, one module per lesson (lessonNN.py)."""
