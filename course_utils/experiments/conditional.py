@@ -30,8 +30,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import MNISTSplit
+from .placement import Tuned, tune_and_confirm
 
-__all__ = ["ARMS", "shift_targets", "ConditionedMLP", "train_shift", "Sweep", "arm_sweep"]
+__all__ = ["ARMS", "shift_targets", "ConditionedMLP", "train_shift", "Comparison", "compare_arms"]
 
 ARMS = (
     "concat at the input",
@@ -151,44 +152,40 @@ def train_shift(
 
 
 @dataclass
-class Sweep:
-    """:func:`arm_sweep`'s results: ``acc[arm]`` (seeds,) test accuracies and ``loss[arm]``
-    (seeds, steps) training losses, at ``lr[arm]``."""
+class Comparison:
+    """:func:`compare_arms`' results: ``tuned``, a :class:`~.placement.Tuned` (accuracy per lr
+    on the tuning seed, the tuned lr and the confirmation accuracies of every arm), and
+    ``loss[arm]`` (confirmation seeds, steps): training losses at the tuned lr."""
 
-    seeds: tuple
-    lr: dict
-    acc: dict
+    tuned: Tuned
     loss: dict
 
-    def table(self) -> str:
-        """Plain text: each arm's learning rate, accuracy per seed and mean."""
-        return "\n".join(
-            f"{arm:<22} lr {self.lr[arm]:g}: accuracy per seed "
-            f"{np.round(self.acc[arm], 3).tolist()}, mean {self.acc[arm].mean():.3f}"
-            for arm in self.acc
-        )
 
-
-def arm_sweep(
+def compare_arms(
     data: MNISTSplit,
-    lrs: dict[str, float] | float = 3e-3,
-    seeds: Sequence[int] = (0, 1),
     arms: Sequence[str] = ARMS,
-    steps: int = 300,
+    lrs: Sequence[float] = (1e-3, 3e-3, 1e-2),
+    tune_seed: int = 0,
+    confirm_seeds: Sequence[int] = (1,),
+    steps: int = 200,
     width: int = 64,
     blocks: int = 2,
-) -> Sweep:
-    """Train every arm with every seed (model init and batches from the seed); ``lrs`` is one
-    learning rate for all arms or one per arm."""
-    lr = {arm: float(lrs[arm] if isinstance(lrs, dict) else lrs) for arm in arms}
-    acc, loss = {}, {}
-    for arm in arms:
-        runs = []
-        for s in seeds:
-            torch.manual_seed(s)
-            runs.append(
-                train_shift(ConditionedMLP(arm, width, blocks), data, lr[arm], steps, seed=s)
-            )
-        loss[arm] = np.array([r[0] for r in runs])
-        acc[arm] = np.array([r[1] for r in runs])
-    return Sweep(tuple(seeds), lr, acc, loss)
+) -> Comparison:
+    """Lesson 07's protocol (:func:`~course_utils.experiments.placement.tune_and_confirm`):
+    each arm's Adam learning rate tuned on ``lrs`` with ``tune_seed``, then trained again at
+    it with ``confirm_seeds``. The seed draws the initial weights, batches and conditions."""
+    losses: dict = {}
+    in_features = data.x_train[0].numel()
+
+    def run(arm: str, lr: float, seed: int) -> float:
+        torch.manual_seed(seed)
+        model = ConditionedMLP(arm, width, blocks, in_features)
+        loss, acc = train_shift(model, data, lr, steps, seed=seed)
+        losses[arm, lr, seed] = loss
+        return acc
+
+    tuned = tune_and_confirm(run, arms, lrs, tune_seed, confirm_seeds)
+    loss = {
+        arm: np.array([losses[arm, tuned.best_lr[arm], s] for s in confirm_seeds]) for arm in arms
+    }
+    return Comparison(tuned, loss)

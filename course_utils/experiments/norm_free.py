@@ -14,12 +14,15 @@ the same CNN with batch norm, as the batch each batch-norm layer sees shrinks.
 - :func:`adaptive_grad_clip_`: NFNets' adaptive gradient clipping (Brock et al. 2021b).
 - :func:`relu_gain`: 1 / std(relu(z)) for z ~ N(0, 1), measured or exact.
 - :func:`train_cnn`: SGD with momentum, optional AGC; test accuracy in eval mode.
+- :func:`lr_sweep`: the arms of :data:`ARMS` (batch norm at 64, 4 and 1 samples per device,
+  normalization-free) over a learning-rate grid.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,6 +39,9 @@ __all__ = [
     "ResidualCNN",
     "adaptive_grad_clip_",
     "train_cnn",
+    "ARMS",
+    "Sweep",
+    "lr_sweep",
 ]
 
 # 1 / std(relu(z)), z ~ N(0, 1): E[relu(z)] = 1/sqrt(2 pi), E[relu(z)^2] = 1/2
@@ -228,3 +234,71 @@ def train_cnn(
                 adaptive_grad_clip_(clipped, agc)
             opt.step()
         return losses, _accuracy(model, data.x_test, data.y_test)
+
+
+ARMS = {
+    "batch norm, 64 per device": dict(norm="batch", bn_group=None),
+    "batch norm, 4 per device": dict(norm="batch", bn_group=4),
+    "batch norm, 1 per device": dict(norm="batch", bn_group=1),
+    "normalization-free": dict(norm="nf"),
+}
+
+
+@dataclass
+class Sweep:
+    """:func:`lr_sweep`'s results: ``acc[arm]`` (lrs,) test accuracies and ``loss[arm]``
+    (lrs, steps) training losses, all with one ``seed``."""
+
+    lrs: np.ndarray
+    seed: int
+    acc: dict
+    loss: dict
+
+    def best_lr(self, arm: str) -> float:
+        """The learning rate with the highest test accuracy (the arm's tuned rate)."""
+        return float(self.lrs[int(np.argmax(self.acc[arm]))])
+
+    def best(self, arm: str) -> float:
+        """The arm's test accuracy at its tuned learning rate."""
+        return float(np.max(self.acc[arm]))
+
+    def table(self) -> str:
+        """Plain text: accuracy per learning rate and the tuned rate of every arm."""
+        return "\n".join(
+            f"{arm:<27}"
+            + "  ".join(f"lr {lr:g}: {a:.3f}" for lr, a in zip(self.lrs, self.acc[arm]))
+            + f"  -> best {self.best(arm):.3f} at lr {self.best_lr(arm):g}"
+            for arm in self.acc
+        )
+
+
+def lr_sweep(
+    data: MNISTSplit,
+    arms: Sequence[str] = tuple(ARMS),
+    lrs: Sequence[float] = (0.1, 0.3),
+    seed: int = 0,
+    steps: int = 200,
+    batch_size: int = 64,
+    agc: float | None = None,
+    **model_kwargs,
+) -> Sweep:
+    """Train :class:`ResidualCNN` for every arm of :data:`ARMS` at every learning rate (SGD,
+    momentum 0.9; the same seed for weights and batches in every run)."""
+    lrs_a = np.asarray(lrs, dtype=np.float64)
+    acc, loss = {}, {}
+    for arm in arms:
+        runs = [
+            train_cnn(
+                ResidualCNN(seed=seed, **ARMS[arm], **model_kwargs),
+                data,
+                float(lr),
+                steps,
+                batch_size,
+                seed,
+                agc=agc,
+            )
+            for lr in lrs_a
+        ]
+        loss[arm] = np.array([r[0] for r in runs])
+        acc[arm] = np.array([r[1] for r in runs])
+    return Sweep(lrs_a, seed, acc, loss)
