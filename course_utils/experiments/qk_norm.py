@@ -27,7 +27,17 @@ from torch.nn import functional as F
 
 from .transformer import Block, SelfAttention, TinyTransformer
 
-__all__ = ["ARMS", "copy_batch", "copy_model", "CopyRun", "train_copy", "Sweep", "lr_sweep"]
+__all__ = [
+    "ARMS",
+    "copy_batch",
+    "copy_model",
+    "CopyRun",
+    "train_copy",
+    "max_logits",
+    "logit_bound",
+    "Sweep",
+    "lr_sweep",
+]
 
 ARMS = ("standard", "QK-norm")
 SEP = 0  # the separator token; the copied tokens are 1 .. vocab - 1
@@ -145,16 +155,53 @@ def train_copy(
     return CopyRun(losses, peaks)
 
 
+@torch.no_grad()
+def max_logits(model: TinyTransformer, tokens: torch.Tensor) -> np.ndarray:
+    """The largest |q·k|/sqrt(d_head) of every block's attention for tokens (N, T): (blocks,)."""
+    out: list[float] = []
+    hooks = [
+        b.attn.register_forward_hook(
+            lambda m, inputs, output: out.append(float(m.logits(inputs[0]).abs().max()))
+        )
+        for b in model.blocks
+    ]
+    try:
+        model(tokens)
+    finally:
+        for h in hooks:
+            h.remove()
+    return np.array(out)
+
+
+@torch.no_grad()
+def logit_bound(attn: nn.Module) -> float:
+    """The largest |logit| a QK-norm attention can produce, from its LayerNorms' parameters.
+
+    A layer-normalized vector of d_head features has norm at most sqrt(d_head) (equal when its
+    variance is much larger than eps); after the gain and bias its norm is at most
+    sqrt(d_head) max|gain| + ||bias||. Cauchy-Schwarz then bounds |q·k| / sqrt(d_head) by
+    the product of the two norms divided by sqrt(d_head).
+    """
+    d_head = attn.q_norm.normalized_shape[0]
+
+    def norm_bound(ln: nn.LayerNorm) -> float:
+        return math.sqrt(d_head) * float(ln.weight.abs().max()) + float(ln.bias.norm())
+
+    return norm_bound(attn.q_norm) * norm_bound(attn.k_norm) / math.sqrt(d_head)
+
+
 @dataclass
 class Sweep:
     """:func:`lr_sweep`'s results: ``final_loss[arm]`` and ``peak_logit[arm]`` of shape
-    (seeds, lrs); ``runs[arm][i][j]`` the :class:`CopyRun` of seed i at lr j."""
+    (seeds, lrs); ``runs[arm][i][j]`` the :class:`CopyRun` of seed i at lr j and
+    ``models[arm][i][j]`` the trained model."""
 
     lrs: np.ndarray
     seeds: tuple
     final_loss: dict
     peak_logit: dict
     runs: dict
+    models: dict
 
     def table(self) -> str:
         """Plain text: per arm and lr, the final loss and peak logit (mean over seeds)."""
@@ -180,15 +227,16 @@ def lr_sweep(
     """Train every arm at every learning rate and seed (model and batches seeded alike);
     ``model_kwargs`` go to :func:`copy_model`."""
     lrs_a = np.asarray(lrs, dtype=np.float64)
-    loss, peak, runs = {}, {}, {}
+    loss, peak, runs, models = {}, {}, {}, {}
     for arm in arms:
+        models[arm] = [[copy_model(arm, seed=s, **model_kwargs) for _ in lrs_a] for s in seeds]
         runs[arm] = [
             [
-                train_copy(copy_model(arm, seed=s, **model_kwargs), float(lr), steps, batch_size, s)
-                for lr in lrs_a
+                train_copy(model, float(lr), steps, batch_size, s)
+                for model, lr in zip(models[arm][i], lrs_a)
             ]
-            for s in seeds
+            for i, s in enumerate(seeds)
         ]
         loss[arm] = np.array([[r.final_loss for r in row] for row in runs[arm]])
         peak[arm] = np.array([[r.peak_logit for r in row] for row in runs[arm]])
-    return Sweep(lrs_a, tuple(seeds), loss, peak, runs)
+    return Sweep(lrs_a, tuple(seeds), loss, peak, runs, models)

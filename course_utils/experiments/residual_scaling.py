@@ -147,11 +147,13 @@ def compare_arms(
     batch_size: int = 16,
     seq_len: int = 12,
     vocab: int = 12,
+    probe_seed: int = 12345,
     **stack_kwargs,
 ) -> Result:
     """Train every arm with every seed on sequence reversal (Adam, no warm-up; lesson 07's
-    task) and measure the residual stream on 64 fixed sequences before and after."""
-    probe, _ = reversal_batch(64, seq_len, vocab, torch.Generator().manual_seed(12345))
+    task) and measure the residual stream on 64 sequences drawn with ``probe_seed``, before
+    and after training."""
+    probe, _ = reversal_batch(64, seq_len, vocab, torch.Generator().manual_seed(probe_seed))
     loss, final, rms0, rms1 = {}, {}, {}, {}
     for arm in arms:
         runs, r0, r1 = [], [], []
