@@ -6,9 +6,9 @@ the same CNN with batch norm, as the batch each batch-norm layer sees shrinks.
   2016), BN statistics over groups of ``bn_group`` samples (ghost batches: what one device
   sees when a batch is split over devices). ``norm="nf"``: no normalization; the NF-ResNet
   recipe (Brock et al. 2021a): scaled weight standardization (:class:`ScaledWSConv2d`, the
-  exercise's answer) with the ReLU gain, branch input divided by the expected std beta of the
-  residual stream, branch output scaled by alpha and by a learnable gain that starts at 0
-  (SkipInit, De & Smith 2020).
+  exercise's answer from :mod:`course_utils.answers.lesson10`) with the ReLU gain, branch
+  input divided by the expected std beta of the residual stream, branch output scaled by
+  alpha and by a learnable gain that starts at 0 (SkipInit, De & Smith 2020).
 - :class:`GhostBatchNorm2d`: batch norm whose training statistics come from groups of
   ``group`` samples.
 - :func:`adaptive_grad_clip_`: NFNets' adaptive gradient clipping (Brock et al. 2021b).
@@ -29,10 +29,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..answers.lesson10 import ScaledWSConv2d
 from ..data import MNISTSplit, batches
 from .small_batch import flush_denormals
 
 __all__ = [
+    "ScaledWSConv2d",
     "RELU_GAIN",
     "relu_gain",
     "GhostBatchNorm2d",
@@ -110,8 +112,6 @@ class _Block(nn.Module):
             self.bn2 = GhostBatchNorm2d(channels, bn_group)
             self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         else:
-            from ..answers.lesson10 import ScaledWSConv2d
-
             self.alpha, self.beta = alpha, beta
             self.conv1 = ScaledWSConv2d(channels, channels, 3, padding=1, gamma=RELU_GAIN)
             self.conv2 = ScaledWSConv2d(channels, channels, 3, padding=1, gamma=RELU_GAIN)
@@ -153,8 +153,6 @@ class ResidualCNN(nn.Module):
             torch.manual_seed(seed)
         self.norm = norm
         if norm == "nf":
-            from ..answers.lesson10 import ScaledWSConv2d
-
             self.stem = ScaledWSConv2d(1, channels, 3, stride=2, padding=1)  # gamma 1: linear input
         else:
             self.stem = nn.Conv2d(1, channels, 3, stride=2, padding=1)
