@@ -341,7 +341,7 @@ MAP = (
     Family(
         "large language / vision models at high learning rates",
         "ViT-22B, OLMo 2, Gemma 3",
-        "QK-norm (on top of Pre-LN RMSNorm)",
+        "QK-norm (on top of Pre-LN)",
         "on each head's queries and keys",
         "bounds the attention logits, which otherwise grow until training stalls",
         ("10",),
