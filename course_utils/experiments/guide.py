@@ -1,23 +1,39 @@
-"""Lesson 08's decision guide: which normalization for which architecture and batch size.
+"""The course's decision guide (lesson 08) and map of today's architectures (lesson 10).
 
 :func:`recommend` holds the rules (testable, no widgets); :func:`chooser` wraps it in
 ipywidgets dropdowns. Each recommendation names the lessons whose experiments measured the
-reasons, so a learner can go back to the evidence.
+reasons, so a learner can go back to the evidence. :data:`MAP` lists well-known architecture
+families with the normalization they use; :func:`map_table` renders it as the Markdown table
+of lesson 10, and every family names the :data:`ARCHITECTURES` key whose recommendation
+agrees with it (the tests check that they do).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ARCHITECTURES", "SMALL_BATCH", "Recommendation", "recommend", "chooser"]
+__all__ = [
+    "ARCHITECTURES",
+    "SMALL_BATCH",
+    "Recommendation",
+    "recommend",
+    "chooser",
+    "Family",
+    "MAP",
+    "map_table",
+]
 
 ARCHITECTURES = {
     "cnn": "CNN for image classification",
     "detection": "CNN for detection or segmentation (large images)",
     "mlp": "MLP on tabular or flattened data",
     "rnn": "RNN / recurrent sequence model",
-    "transformer": "transformer",
-    "style_transfer": "feed-forward style transfer",
+    "transformer": "transformer (a few layers)",
+    "llm": "large language model (deep decoder-only transformer)",
+    "vit": "vision transformer (deep)",
+    "style_transfer": "style transfer",
+    "diffusion_unet": "image generation: diffusion U-Net",
+    "dit": "image generation: diffusion transformer (DiT), conditional",
     "fine_tuning": "fine-tuning a pretrained CNN that has batch norm",
 }
 
@@ -75,7 +91,8 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
 
     Args:
         architecture: a key of :data:`ARCHITECTURES` ("cnn", "detection", "mlp", "rnn",
-            "transformer", "style_transfer", "fine_tuning").
+            "transformer", "llm", "vit", "style_transfer", "diffusion_unet", "dit",
+            "fine_tuning").
         batch_size: samples per device in one training step (>= 1); the statistics batch norm
             sees come from this many samples (times H x W positions in a CNN).
     Returns:
@@ -97,13 +114,67 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
             "Pre-LN: x + f(LN(x)) in every block, one LN after the last block",
             (
                 "statistics of one token's features: independent of batch size and length",
-                "Pre-LN trained without warm-up where Post-LN stalled (with Adam, a short "
-                "warm-up is still common)",
+                "Pre-LN trained without warm-up where Post-LN stalled; Post-LN needs warm-up",
                 "RMSNorm drops the mean subtraction and the bias; its speed-up depends on the "
                 "implementation",
             ),
             ("05", "07"),
-            ("keep LN/RMSNorm weights out of weight decay",),
+            (
+                "keep LN/RMSNorm weights out of weight decay",
+                "deeper or trained at high learning rates: see 'llm' and 'vit' (QK-norm, "
+                "LayerScale, DeepNorm)",
+            ),
+        )
+    if architecture == "llm":
+        return Recommendation(
+            "RMSNorm, plus QK-norm",
+            "Pre-LN (RMSNorm before every sub-layer, one after the last block); q and k "
+            "normalized per head before q·k",
+            (
+                "Pre-LN trained without warm-up where Post-LN stalled",
+                "without QK-norm the attention logits grew with the learning rate until "
+                "training stalled; QK-norm bounds them and trained at a higher learning rate",
+                "RMSNorm drops the mean subtraction and the bias",
+            ),
+            ("05", "07", "10"),
+            ("keep normalization weights out of weight decay",),
+        )
+    if architecture == "vit":
+        return Recommendation(
+            "LayerNorm with LayerScale",
+            "Pre-LN, each branch scaled by a learned per-channel gain that starts small: "
+            "x + diag(lambda) f(LN(x))",
+            (
+                "per-token statistics: no batch dependence",
+                "in a deeper Pre-LN stack LayerScale kept the residual stream small and, on "
+                "average over seeds, reached a lower loss than Pre-LN alone",
+                "QK-norm when training at high learning rates or large scale",
+            ),
+            ("05", "07", "10"),
+        )
+    if architecture == "dit":
+        return Recommendation(
+            "adaLN-Zero",
+            "LayerNorm without affine in every block; shift, scale and a gate for the residual "
+            "branch from the condition (timestep, class), the modulation initialised at zero",
+            (
+                "on a task that needs the condition to interact with the input, adaLN-Zero "
+                "learned at once where concatenating the condition stayed at chance and FiLM "
+                "without the zero gate learned slowly",
+                "every block starts as the identity",
+            ),
+            ("10",),
+        )
+    if architecture == "diffusion_unet":
+        return Recommendation(
+            "GroupNorm, with scale and shift from the condition (adaptive GroupNorm)",
+            "in every residual block: GroupNorm(32 groups), then (1 + scale(t)) * h + shift(t) "
+            "from the timestep (and class) embedding",
+            (
+                "group norm's statistics are per sample: small batches of large images are fine",
+                "the condition enters multiplicatively, which concatenation cannot do",
+            ),
+            ("06", "10"),
         )
     if architecture == "rnn":
         return Recommendation(
@@ -117,18 +188,20 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
         )
     if architecture == "style_transfer":
         return Recommendation(
-            "InstanceNorm",
-            "after each convolution, before the activation",
+            "InstanceNorm (AdaIN for any style)",
+            "after each convolution, before the activation; AdaIN replaces the affine by the "
+            "style image's per-channel mean and std",
             (
                 "each image's channels are normalized on their own, which removes the image's "
                 "contrast (per-channel mean and scale) and makes the output independent of "
                 "the batch",
-                "image generation has moved on: diffusion U-Nets use GroupNorm with a "
-                "conditioned scale and shift, DiT uses adaLN-Zero, and StyleGAN2 replaced "
-                "AdaIN by weight demodulation",
+                "AdaIN is conditional normalization whose scale and shift come from the style",
             ),
-            ("06",),
-            ("use affine=True if the network should learn a per-channel scale",),
+            ("06", "10"),
+            (
+                "use affine=True if the network should learn a per-channel scale",
+                "StyleGAN2 replaced AdaIN by weight demodulation (not measured in this course)",
+            ),
         )
     if architecture == "fine_tuning":
         if small:
@@ -166,8 +239,12 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 "group and layer norm compute statistics per sample: the batch size does not "
                 "matter",
             ),
-            ("04", "06"),
-            ("weight standardization pairs well with group norm in CNNs",)
+            ("04", "06") if architecture == "mlp" else ("04", "06", "08", "10"),
+            (
+                "weight standardization pairs well with group norm in CNNs",
+                "or no normalization at all: scaled weight standardization and a residual gain "
+                "(NF-ResNets) did not depend on the batch either",
+            )
             if architecture != "mlp"
             else (),
         )
@@ -184,6 +261,172 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
         ("03", "04", "07"),
         (_EVAL, "no weight decay on BN weights and biases"),
     )
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row of the map: an architecture ``family`` and ``examples`` of it, the
+    normalization it uses (``norm``), ``where``, ``why`` (one phrase), the lessons that
+    measured the reason (``lessons``; empty when no lesson did) and the
+    :data:`ARCHITECTURES` key whose recommendation agrees (``key``, None for none) with the
+    batch size ``batch`` per device."""
+
+    family: str
+    examples: str
+    norm: str
+    where: str
+    why: str
+    lessons: tuple[str, ...]
+    key: str | None = None
+    batch: int = 32
+
+
+MAP = (
+    Family(
+        "CNN, image classification",
+        "ResNet",
+        "BatchNorm",
+        "conv -> BN -> ReLU; inside pre-activation residual branches",
+        "stable batch statistics allow larger learning rates",
+        ("03", "04", "07"),
+        "cnn",
+    ),
+    Family(
+        "CNN, detection / segmentation",
+        "Mask R-CNN",
+        "GroupNorm (+ weight standardization), or frozen BatchNorm",
+        "after each conv",
+        "1-2 large images per device: batch statistics are too noisy",
+        ("04", "06"),
+        "detection",
+        2,
+    ),
+    Family(
+        "CNN without normalization",
+        "NF-ResNet, NFNet",
+        "none: scaled weight standardization, residual gains, AGC",
+        "every conv; every residual branch",
+        "no batch dependence; batch norm collapsed at 1 sample per device, this did not",
+        ("08", "10"),
+        "cnn",
+        1,
+    ),
+    Family(
+        "RNN",
+        "LSTM language models",
+        "LayerNorm",
+        "inside the cell, every time step",
+        "per-sample statistics for any length and batch",
+        ("05",),
+        "rnn",
+    ),
+    Family(
+        "Post-LN transformer",
+        "original Transformer, BERT",
+        "LayerNorm (Post-LN)",
+        "after each residual addition",
+        "stalls without learning-rate warm-up",
+        ("07",),
+        None,
+    ),
+    Family(
+        "Pre-LN transformer",
+        "GPT-2, LLaMA",
+        "LayerNorm or RMSNorm (Pre-LN)",
+        "before each sub-layer, one after the last block",
+        "trains without warm-up; RMSNorm drops the mean",
+        ("05", "07"),
+        "transformer",
+    ),
+    Family(
+        "large language / vision models at high learning rates",
+        "ViT-22B, OLMo 2, Gemma 3",
+        "QK-norm (on top of Pre-LN)",
+        "on each head's queries and keys",
+        "bounds the attention logits, which otherwise grow until training stalls",
+        ("10",),
+        "llm",
+    ),
+    Family(
+        "deep vision transformer",
+        "CaiT, DINOv2",
+        "LayerScale (on top of Pre-LN LayerNorm)",
+        "a learned per-channel gain on each residual branch, starting small",
+        "keeps the residual stream small; a lower loss than Pre-LN alone on average",
+        ("10",),
+        "vit",
+    ),
+    Family(
+        "very deep Post-LN transformer",
+        "DeepNet",
+        "DeepNorm",
+        "LN(alpha x + f(x)) with a down-scaled initialisation",
+        "Post-LN that trains without warm-up",
+        ("07", "10"),
+        None,
+    ),
+    Family(
+        "conditioned network",
+        "FiLM",
+        "FiLM",
+        "scale and shift of features from the condition",
+        "the condition acts multiplicatively",
+        ("10",),
+        None,
+    ),
+    Family(
+        "style transfer",
+        "AdaIN",
+        "InstanceNorm / AdaIN",
+        "after each conv; AdaIN takes the style's mean and std",
+        "removes the content image's per-channel statistics",
+        ("06",),
+        "style_transfer",
+    ),
+    Family(
+        "style-based GAN",
+        "StyleGAN2",
+        "weight demodulation (replaced AdaIN)",
+        "inside each conv's weights",
+        "AdaIN's normalization left artifacts",
+        (),
+        None,
+    ),
+    Family(
+        "diffusion U-Net",
+        "DDPM, ADM",
+        "GroupNorm with adaptive scale and shift",
+        "every residual block; scale and shift from the timestep embedding",
+        "per-sample statistics; the condition acts multiplicatively",
+        ("06", "10"),
+        "diffusion_unet",
+    ),
+    Family(
+        "diffusion transformer",
+        "DiT",
+        "adaLN-Zero",
+        "every block: shift, scale and a gate from the condition, zero at start",
+        "learned at once where concatenating the condition stayed at chance",
+        ("10",),
+        "dit",
+    ),
+)
+
+
+def map_table() -> str:
+    """:data:`MAP` as a Markdown table (lesson 10's map)."""
+    rows = [
+        "| family (examples) | normalization | where | why | measured in |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in MAP:
+        measured = (
+            ("lesson " if len(f.lessons) == 1 else "lessons ") + ", ".join(f.lessons)
+            if f.lessons
+            else "not measured here"
+        )
+        rows.append(f"| {f.family} ({f.examples}) | {f.norm} | {f.where} | {f.why} | {measured} |")
+    return "\n".join(rows)
 
 
 def chooser():

@@ -1,12 +1,17 @@
-"""A tiny hand-written transformer encoder for lesson 07: Post-LN vs Pre-LN (Xiong et al. 2020).
+"""A tiny hand-written transformer for lessons 07 and 10: Post-LN vs Pre-LN (Xiong et al. 2020),
+and the pieces lesson 10 adds (a causal mask, a query-key logit hook, residual scaling).
 
 The stack is written out by hand because ``nn.TransformerEncoder`` is several times slower at
 this size on a CPU (its fast paths target large batches and GPUs). Shapes: tokens (N, T) int64,
 hidden states (N, T, D), logits (N, T, V).
 
 - :class:`SelfAttention` and :class:`FeedForward`: the two sub-layers of a block.
-- :class:`Block`: one encoder block with ``norm_position="post"`` (the original transformer,
-  ``x = LN(x + f(x))``) or ``"pre"`` (``x = x + f(LN(x))``).
+  ``SelfAttention.project`` splits the heads (a subclass can normalize q and k there: QK-norm)
+  and ``SelfAttention.logits`` returns the pre-softmax logits q·k/sqrt(d_head).
+- :class:`Block`: one block with ``norm_position="post"`` (the original transformer,
+  ``x = LN(x + f(x))``) or ``"pre"`` (``x = x + f(LN(x))``); optional causal mask, attention
+  class, LayerScale (``x + diag(λ) f(LN(x))``) and DeepNorm's residual weight
+  (``LN(α x + f(x))``).
 - :class:`TinyTransformer`: embeddings, blocks, a final LayerNorm for Pre-LN, a linear head.
 - :func:`reversal_batch`, :func:`train_reversal`: the sequence-reversal task and its training
   loop with an optional linear learning-rate warm-up.
@@ -44,24 +49,40 @@ NORM_POSITIONS = ("post", "pre")
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention without a mask: (N, T, D) -> (N, T, D).
+    """Multi-head self-attention: (N, T, D) -> (N, T, D); no mask unless ``causal``.
 
-    Parameters: ``qkv`` (a Linear D -> 3D) and ``out`` (a Linear D -> D).
+    Parameters: ``qkv`` (a Linear D -> 3D) and ``out`` (a Linear D -> D). ``causal=True``
+    lets position t attend only to positions <= t (a decoder, as in GPT).
     """
 
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, causal: bool = False):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.n_heads = n_heads
+        self.causal = causal
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values per head: x (N, T, D) -> 3 tensors (N, H, T, D/H).
+
+        Subclasses override this to change q and k before attention (QK-norm).
+        """
         n, t, d = x.shape
         h = self.n_heads
-        q, k, v = self.qkv(x).view(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 x (N, H, T, D/H)
-        y = F.scaled_dot_product_attention(q, k, v)
+        q, k, v = self.qkv(x).view(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention logits q·k / sqrt(D/H) before the mask and softmax: (N, H, T, T)."""
+        q, k, _ = self.project(x)
+        return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.project(x)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.out(y.transpose(1, 2).reshape(n, t, d))
 
 
@@ -73,33 +94,70 @@ class FeedForward(nn.Sequential):
 
 
 class Block(nn.Module):
-    """One transformer encoder block; submodules ``ln1``, ``attn``, ``ln2``, ``ff``.
+    """One transformer block; submodules ``ln1``, ``attn``, ``ln2``, ``ff``.
 
     ``norm_position="post"`` (Vaswani et al. 2017)::
 
-        x = ln1(x + attn(x));  x = ln2(x + ff(x))
+        x = ln1(alpha * x + attn(x));  x = ln2(alpha * x + ff(x))
 
     ``norm_position="pre"`` (Xiong et al. 2020)::
 
-        x = x + attn(ln1(x));  x = x + ff(ln2(x))
+        x = x + ls1 * attn(ln1(x));  x = x + ls2 * ff(ln2(x))
+
+    Args:
+        causal: mask attention to earlier positions (passed to the attention).
+        attention: the attention class, called as ``attention(d_model, n_heads, causal=...)``;
+            default :class:`SelfAttention` (a subclass such as a QK-norm attention fits).
+        layer_scale: Pre-LN only: LayerScale (Touvron et al. 2021), learnable per-channel
+            gains ``ls1``, ``ls2`` of shape (D,) that start at this value. None: no gains.
+        residual_alpha: Post-LN only: DeepNorm's weight on the residual (Wang et al. 2022);
+            1.0 is the plain Post-LN block.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, norm_position: str = "pre"):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        norm_position: str = "pre",
+        *,
+        causal: bool = False,
+        attention: Callable[..., nn.Module] | None = None,
+        layer_scale: float | None = None,
+        residual_alpha: float = 1.0,
+    ):
         super().__init__()
         if norm_position not in NORM_POSITIONS:
             raise ValueError(f"norm_position must be 'post' or 'pre', got {norm_position!r}")
+        if layer_scale is not None and norm_position != "pre":
+            raise ValueError("layer_scale scales the branch of a Pre-LN block: use 'pre'")
+        if residual_alpha != 1.0 and norm_position != "post":
+            raise ValueError("residual_alpha (DeepNorm) weights a Post-LN residual: use 'post'")
         self.norm_position = norm_position
+        self.residual_alpha = float(residual_alpha)
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, n_heads)
+        self.attn = (attention or SelfAttention)(d_model, n_heads, causal=causal)
         self.ln2 = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, d_ff)
+        if layer_scale is not None:
+            self.ls1 = nn.Parameter(torch.full((d_model,), float(layer_scale)))
+            self.ls2 = nn.Parameter(torch.full((d_model,), float(layer_scale)))
+        else:
+            self.ls1 = self.ls2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm_position == "post":
-            x = self.ln1(x + self.attn(x))
-            return self.ln2(x + self.ff(x))
-        x = x + self.attn(self.ln1(x))
-        return x + self.ff(self.ln2(x))
+            a = self.residual_alpha
+            if a == 1.0:  # the plain Post-LN block, exactly as lesson 07 computes it
+                x = self.ln1(x + self.attn(x))
+                return self.ln2(x + self.ff(x))
+            x = self.ln1(a * x + self.attn(x))
+            return self.ln2(a * x + self.ff(x))
+        if self.ls1 is None:
+            x = x + self.attn(self.ln1(x))
+            return x + self.ff(self.ln2(x))
+        x = x + self.ls1 * self.attn(self.ln1(x))
+        return x + self.ls2 * self.ff(self.ln2(x))
 
 
 def _xavier(module: nn.Module) -> None:
