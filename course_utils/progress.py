@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .exercises.core import Exercise
 from .exercises.registry import all_exercises, lesson_exercises
+from .exercises.running import Status
 from .lesson_files import LessonFolderError, is_lesson_file, learners_folder
 
 __all__ = [
@@ -40,11 +41,12 @@ STATUS_MARK = {"passed": "[x]", "failed": "[!]", "not started": "[ ]"}
 
 @dataclasses.dataclass
 class LessonProgress:
-    """One lesson's line: ``exercises`` maps exercise id -> (status, feedback)."""
+    """One lesson's line: ``exercises`` maps exercise id -> (status, feedback), the status
+    being "passed", "failed" or "not started"."""
 
     lesson: str
     path: str
-    exercises: dict[str, tuple[str, str]]
+    exercises: dict[str, tuple[Status, str]]
     note: str = ""
 
     @property
@@ -57,14 +59,6 @@ def _visible_only(ex: Exercise) -> Exercise:
         return [] if hidden else ex.cases(rng, False)
 
     return dataclasses.replace(ex, cases=cases)
-
-
-def _status(score: float, max_score: float, feedback: str) -> str:
-    if max_score and score >= max_score:
-        return "passed"
-    if "placeholder" in feedback or feedback.startswith("not attempted"):
-        return "not started"
-    return "failed"
 
 
 def _run_visible_checks(paths: Sequence[Path], timeout: float) -> list:
@@ -85,7 +79,7 @@ def lesson_progress(paths: Sequence[Path], timeout: float = 30.0) -> list[Lesson
         LessonProgress(
             res.lesson,
             res.path,
-            {e.id: (_status(e.score, e.max_score, e.feedback), e.feedback) for e in res.exercises},
+            {e.id: (e.status, e.feedback) for e in res.exercises},
             res.note,
         )
         for res in _run_visible_checks(paths, timeout)

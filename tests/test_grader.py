@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 from course_utils.build import build_notebook
+from course_utils.exercises.cases import VISIBLE_SEED
 from course_utils.exercises.core import call_with_args
-from course_utils.exercises.notebook import VISIBLE_SEED
 from course_utils.grade import main as grade_main
 from course_utils.grading import grade
 from course_utils.grading.grader import default_catalog, make_task

@@ -16,7 +16,8 @@ from .core import (
     running_stats_diagnosis,
     train_eval_diagnosis,
 )
-from .drivers import forward_backward, kernels_blocked
+from .drivers import call_sequence, load_parameters, require_names
+from .forbidden import kernels_blocked
 from .registry import register
 
 
@@ -24,23 +25,6 @@ def _small_batch():
     from ..experiments import small_batch
 
     return small_batch
-
-
-def require_names(module: nn.Module, params: tuple[str, ...], buffers: tuple[str, ...] = ()):
-    """Raise an AttributeError saying how to create a missing parameter or buffer."""
-    have_p, have_b = dict(module.named_parameters()), dict(module.named_buffers())
-    for name in params:
-        if name not in have_p:
-            raise AttributeError(
-                f"no parameter named {name!r}: create it with nn.Parameter in __init__"
-            )
-    for name in buffers:
-        if name not in have_b:
-            raise AttributeError(
-                f"no buffer named {name!r}: create it with self.register_buffer({name!r}, ...)"
-                " so it is saved in state_dict but not trained"
-            )
-    return have_p, have_b
 
 
 # ------------------------------------------------------------------------------------------
@@ -104,19 +88,9 @@ def _ghost_run(cls, case: Case) -> dict:
     if isinstance(m, nn.modules.batchnorm._BatchNorm) and not trusted:
         raise TypeError("subclass nn.Module, not torch's batch norm, and build it from tensor ops")
     params, buffers = require_names(m, ("weight", "bias"), ("running_mean", "running_var"))
-    with torch.no_grad():
-        params["weight"].copy_(torch.from_numpy(meta["weight"]))
-        params["bias"].copy_(torch.from_numpy(meta["bias"]))
-    out: dict = {}
+    load_parameters(params, meta)
     with kernels_blocked(not trusted, "GhostBatchNorm1d"):
-        for i, (x_np, g_np, training) in enumerate(zip(meta["xs"], meta["gs"], meta["modes"]), 1):
-            tag = f"call {i} ({'train' if training else 'eval'})"
-            m.train(training)
-            step = forward_backward(m, x_np, g_np, grads=("weight",))
-            out.update({f"{tag}: {k}": v for k, v in step.items()})
-            out[f"{tag}: running_mean"] = buffers["running_mean"].detach().numpy().copy()
-            out[f"{tag}: running_var"] = buffers["running_var"].detach().numpy().copy()
-    return out
+        return call_sequence(m, meta, buffers)
 
 
 def _plain_bn(x, w, b, eps):

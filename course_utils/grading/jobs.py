@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exercises.core import Case, Exercise
+from ..exercises.cases import LabelledCase
+from ..exercises.core import Exercise
+from ..exercises.running import Status
 from .notebooks import Cell, Submission
 
 __all__ = ["Task", "Outcome", "Job"]
@@ -31,7 +33,7 @@ class Task:
 
     exercise: Exercise
     driver: tuple[str, str]  # (module, qualified name)
-    cases: list[tuple[str, Case, bool]]  # (label, case, hidden)
+    cases: list[LabelledCase]  # visible first
     payloads: list[bytes]
     share: tuple
     budget: float
@@ -49,7 +51,7 @@ class Outcome:
         missing: the learner's namespace had no object of the exercise's name.
         died: how the child died (or ran out of time) during the exercise.
         calls, patched, tampered: the best-effort trap's reports.
-        verdict: ``(passed, feedback)`` from the cases, once decided.
+        status, feedback: the verdict from the cases, once decided (``status`` None before).
     """
 
     missing: bool = False
@@ -57,11 +59,16 @@ class Outcome:
     calls: list[str] = field(default_factory=list)
     patched: list[str] = field(default_factory=list)
     tampered: bool = False
-    verdict: tuple[bool, str] | None = None
+    status: Status | None = None
+    feedback: str = ""
 
     @property
     def done(self) -> bool:
-        return self.missing or self.died is not None or self.verdict is not None
+        return self.missing or self.died is not None or self.status is not None
+
+    def decide(self, status: Status, feedback: str) -> None:
+        """Record the exercise's verdict (its remaining cases are not run)."""
+        self.status, self.feedback = status, feedback
 
 
 @dataclass
@@ -77,7 +84,8 @@ class Job:
         cell_errors: cell index -> the error it raised (or how it died).
         cell_patches: cell index -> numpy/torch attributes it changed.
         outcomes: exercise id -> :class:`Outcome`.
-        shared: (share, case index) -> a case's result, for the exercises that share it.
+        shared: (share, case index) -> a case's reply (:class:`~.protocol.CaseReply`), or how
+            the child died on it (a string), for the exercises that share it.
         failures: children lost outside any step (the sandbox itself died); bounded.
     """
 

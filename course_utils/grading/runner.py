@@ -300,8 +300,8 @@ class _Loop:
             key = (task.share, run.case_i)
             if key in job.shared:  # another part of the same exercise ran this case already
                 shared = job.shared[key]
-                if shared[0] == "died":
-                    outcome.died = shared[1]
+                if isinstance(shared, str):  # the child died on it
+                    outcome.died = shared
                 else:
                     judge_result(task, run.case_i, shared, outcome, self.cache)
                 run.case_i += 1
@@ -427,7 +427,7 @@ class _Loop:
                 reason = describe_exit(status or 0, False, run.limit, run.error)
             job.charge(step[:2] if step[0] == "cell" else step[:3], reason)
             if step[0] == "case" and sum(1 for t in job.tasks if t.share == step[1].share) > 1:
-                job.shared[(step[1].share, step[2])] = ("died", reason)
+                job.shared[(step[1].share, step[2])] = reason
         elif step is None and job.pending():
             job.charge(None, died or "the grader's worker failed to start a child")
         if job.pending():
