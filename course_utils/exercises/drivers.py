@@ -17,12 +17,40 @@ import torch
 from torch import nn
 
 __all__ = [
+    "module_inputs",
+    "random_modes",
+    "modes_text",
     "require_names",
     "load_parameters",
     "parameter_shapes",
     "forward_backward",
     "call_sequence",
 ]
+
+
+def module_inputs(
+    rng: np.random.Generator, x: np.ndarray, param_shape: int | tuple[int, ...]
+) -> dict[str, np.ndarray]:
+    """A module case's data: the input ``x``, an upstream gradient ``"g"`` shaped like it, and
+    a ``"weight"`` and ``"bias"`` of ``param_shape`` (float32, drawn from ``rng`` in that
+    order) that the driver loads into the module."""
+    return {
+        "x": x,
+        "g": rng.normal(size=x.shape).astype(np.float32),
+        "weight": rng.uniform(0.5, 1.5, size=param_shape).astype(np.float32),
+        "bias": rng.normal(size=param_shape).astype(np.float32),
+    }
+
+
+def random_modes(rng: np.random.Generator, calls: int, p_train: float) -> tuple[bool, ...]:
+    """A sequence of calls to a module with running statistics (True: training mode): training
+    first, then ``calls`` random modes (training with probability ``p_train``), eval last."""
+    return (True,) + tuple(bool(m) for m in rng.random(calls) < p_train) + (False,)
+
+
+def modes_text(modes: Sequence[bool]) -> str:
+    """``"train, eval, train"``, for a case's label."""
+    return ", ".join("train" if m else "eval" for m in modes)
 
 
 def require_names(

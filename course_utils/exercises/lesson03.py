@@ -16,7 +16,7 @@ from .core import (
     reference_functional,
     rel_error,
 )
-from .drivers import call_sequence, load_parameters, require_names
+from .drivers import call_sequence, load_parameters, modes_text, random_modes, require_names
 from .forbidden import BACKWARD_BY_HAND, forbidden_except, kernels_blocked
 from .mistakes import normalization_mistake
 from .registry import register
@@ -40,7 +40,7 @@ def _forward_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
         specs = []
         for _ in range(4):
             k = int(rng.integers(2, 6))
-            modes = (True,) + tuple(bool(m) for m in rng.random(k) < 0.5) + (False,)
+            modes = random_modes(rng, k, 0.5)
             specs.append(
                 (
                     int(rng.integers(2, 40)),
@@ -60,7 +60,7 @@ def _forward_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
         beta = rng.normal(size=d)
         rm = rng.normal(size=d) if random_start else np.zeros(d)
         rv = rng.uniform(0.5, 2.0, size=d) if random_start else np.ones(d)
-        seq = ", ".join("train" if m else "eval" for m in modes)
+        seq = modes_text(modes)
         cases.append(
             Case(
                 args=(xs, gamma, beta, rm, rv),
@@ -278,7 +278,7 @@ def _bn2d_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
         specs = []
         for _ in range(3):
             k = int(rng.integers(1, 4))
-            modes = (True,) + tuple(bool(m) for m in rng.random(k) < 0.6) + (False,)
+            modes = random_modes(rng, k, 0.6)
             specs.append(
                 (
                     int(rng.integers(2, 9)),
@@ -302,7 +302,7 @@ def _bn2d_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
         gs = [rng.normal(size=(n, c, h, w)).astype(np.float32) for _ in modes]
         weight = rng.uniform(0.5, 2.0, size=c).astype(np.float32)
         bias = rng.normal(size=c).astype(np.float32)
-        seq = ", ".join("train" if m else "eval" for m in modes)
+        seq = modes_text(modes)
         cases.append(
             Case(
                 args=(c,),

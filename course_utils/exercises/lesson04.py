@@ -16,7 +16,7 @@ from .core import (
     running_stats_diagnosis,
     train_eval_diagnosis,
 )
-from .drivers import call_sequence, load_parameters, require_names
+from .drivers import call_sequence, load_parameters, modes_text, random_modes, require_names
 from .forbidden import kernels_blocked
 from .registry import register
 
@@ -47,7 +47,7 @@ def _ghost_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
             if rng.random() < 0.25:
                 g = n + int(rng.integers(0, 4))  # a batch smaller than the ghost size
             k = int(rng.integers(1, 3))
-            modes = (True,) + tuple(bool(v) for v in rng.random(k) < 0.5) + (False,)
+            modes = random_modes(rng, k, 0.5)
             specs.append(
                 (
                     n,
@@ -63,7 +63,7 @@ def _ghost_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
         shift, scale = rng.uniform(-3, 3, size=c), rng.uniform(0.3, 3, size=c)
         xs = [(rng.normal(size=(n, c)) * scale + shift).astype(np.float32) for _ in modes]
         gs = [rng.normal(size=(n, c)).astype(np.float32) for _ in modes]
-        seq = ", ".join("train" if m else "eval" for m in modes)
+        seq = modes_text(modes)
         cases.append(
             Case(
                 args=(c,),

@@ -17,7 +17,7 @@ from .core import (
     reference_functional,
     train_eval_diagnosis,
 )
-from .drivers import forward_backward, load_parameters, parameter_shapes
+from .drivers import forward_backward, load_parameters, module_inputs, parameter_shapes
 from .forbidden import BACKWARD_BY_HAND, forbidden_except, kernels_blocked
 from .mistakes import normalization_mistake
 from .registry import register
@@ -211,12 +211,7 @@ def _module_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
                 kwargs=kw,
                 label=f"LayerNorm({ns}{''.join(f', {k}={v}' for k, v in kw.items())}), "
                 f"x of shape {shape}",
-                meta={
-                    "x": x,
-                    "g": rng.normal(size=shape).astype(np.float32),
-                    "weight": rng.uniform(0.5, 1.5, size=ns_shape).astype(np.float32),
-                    "bias": rng.normal(size=ns_shape).astype(np.float32),
-                },
+                meta=module_inputs(rng, x, ns_shape),
             )
         )
     return out

@@ -17,7 +17,7 @@ from .core import (
     numerical_gradient,
     reference_functional,
 )
-from .drivers import forward_backward, load_parameters, parameter_shapes
+from .drivers import forward_backward, load_parameters, module_inputs, parameter_shapes
 from .forbidden import BACKWARD_BY_HAND, forbidden_except, kernels_blocked
 from .mistakes import normalization_mistake
 from .registry import register
@@ -277,12 +277,7 @@ def _module_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
                 args=(g, c),
                 kwargs=kw,
                 label=f"{label}, x of shape {shape}",
-                meta={
-                    "x": x,
-                    "g": rng.normal(size=shape).astype(np.float32),
-                    "weight": rng.uniform(0.5, 1.5, size=c).astype(np.float32),
-                    "bias": rng.normal(size=c).astype(np.float32),
-                },
+                meta=module_inputs(rng, x, c),
             )
         )
     return out

@@ -10,14 +10,14 @@ exercise never costs another one its points. Every verdict is decided here, in t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from ..exercises.cases import LabelledCase
 from ..exercises.core import Exercise
 from ..exercises.running import Status
 from .notebooks import Cell, Submission
 
-__all__ = ["Task", "Outcome", "Job"]
+__all__ = ["Task", "Step", "Outcome", "Job"]
 
 
 @dataclass
@@ -41,6 +41,15 @@ class Task:
     @property
     def exercise_id(self) -> str:
         return self.exercise.id
+
+
+class Step(NamedTuple):
+    """What a child was asked to do: run a cell, run one case of a task, or end."""
+
+    kind: Literal["cell", "case", "end"]
+    index: int = -1  # the cell's index, or the case's index in task.cases
+    task: Task | None = None  # for a case
+    seq: int = 0  # for a case: the request's number, which its reply must carry
 
 
 @dataclass
@@ -107,23 +116,29 @@ class Job:
         """Tasks without a decided outcome yet."""
         return [t for t in self.tasks if not self.outcome(t.exercise_id).done]
 
+    def is_shared(self, task: Task) -> bool:
+        """True when another task of the job shares ``task``'s case results."""
+        return sum(1 for t in self.tasks if t.share == task.share) > 1
+
     def cells(self) -> list[Cell]:
         """The cells the next child runs (those that killed a child are skipped)."""
         return [c for c in self.submission.program if c.index not in self.skip]
 
-    def charge(self, step: tuple | None, reason: str) -> None:
+    def charge(self, step: Step | None, reason: str) -> None:
         """A child died (or timed out) during ``step``: record it so the next child moves on.
 
         Args:
-            step: ``("cell", index)``, ``("case", task, case index)`` or None (outside any
-                learner step: the sandbox itself failed).
+            step: a cell or a case; None: outside any learner step (the sandbox itself
+                failed).
             reason: one line saying how it died.
         """
-        if step is not None and step[0] == "cell":
-            self.skip.add(step[1])
-            self.cell_errors[step[1]] = reason
-        elif step is not None and step[0] == "case":
-            self.outcome(step[1].exercise_id).died = reason
+        if step is not None and step.kind == "cell":
+            self.skip.add(step.index)
+            self.cell_errors[step.index] = reason
+        elif step is not None and step.task is not None:
+            self.outcome(step.task.exercise_id).died = reason
+            if self.is_shared(step.task):
+                self.shared[(step.task.share, step.index)] = reason
         else:
             self.failures += 1
             if self.failures >= 3:  # never loop on a sandbox that keeps failing
