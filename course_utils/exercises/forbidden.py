@@ -11,6 +11,7 @@ isolation, not by these rules.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
@@ -125,6 +126,12 @@ def torch_functions(names: Iterable[str]) -> list[tuple[ModuleType, str, str]]:
     return found
 
 
+@functools.cache
+def _blockable() -> tuple[tuple[ModuleType, str], ...]:
+    """Where :func:`kernels_blocked` acts (looked up once: a driver enters it on every case)."""
+    return tuple((mod, name) for mod, _, name in torch_functions(FORBIDDEN_CALLS))
+
+
 @contextlib.contextmanager
 def kernels_blocked(active: bool, what: str) -> Iterator[None]:
     """While active, torch's functions named in :data:`FORBIDDEN_CALLS` (``F.layer_norm``,
@@ -140,7 +147,7 @@ def kernels_blocked(active: bool, what: str) -> Iterator[None]:
             "calling torch's own normalization is not allowed here"
         )
 
-    saved = [(mod, name, mod.__dict__[name]) for mod, _, name in torch_functions(FORBIDDEN_CALLS)]
+    saved = [(mod, name, mod.__dict__[name]) for mod, name in _blockable()]
     for mod, name, _ in saved:
         setattr(mod, name, refuse)
     try:
