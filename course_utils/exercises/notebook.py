@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .cases import LabelledCase, hidden_cases, labelled, visible_cases
+from .cases import VISIBLE_SEED, LabelledCase, hidden_cases, labelled, visible_cases
 from .core import Exercise
 from .registry import get_exercise
 from .running import FAILED, NOT_STARTED, PASSED, Status, judge_run, run_case
@@ -25,6 +25,7 @@ __all__ = [
     "hint",
     "reset_hints",
     "assert_passes",
+    "VISIBLE_SEED",  # the seed of the visible tests check runs (defined in .cases)
 ]
 
 _hints_shown: dict[str, int] = {}
