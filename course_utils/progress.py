@@ -21,12 +21,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from .exercises.core import Exercise
 from .exercises.registry import all_exercises, lesson_exercises
+from .exercises.running import Status
 from .lesson_files import LessonFolderError, is_lesson_file, learners_folder
 
 __all__ = [
+    "ExerciseProgress",
     "LessonProgress",
     "lesson_progress",
     "show",
@@ -38,18 +41,25 @@ __all__ = [
 STATUS_MARK = {"passed": "[x]", "failed": "[!]", "not started": "[ ]"}
 
 
+class ExerciseProgress(NamedTuple):
+    """Where one exercise stands (the grader's status and one line of feedback)."""
+
+    status: Status  # "passed", "failed" or "not started"
+    feedback: str
+
+
 @dataclasses.dataclass
 class LessonProgress:
-    """One lesson's line: ``exercises`` maps exercise id -> (status, feedback)."""
+    """One lesson's line: ``exercises`` maps exercise id -> its :class:`ExerciseProgress`."""
 
     lesson: str
     path: str
-    exercises: dict[str, tuple[str, str]]
+    exercises: dict[str, ExerciseProgress]
     note: str = ""
 
     @property
     def passed(self) -> int:
-        return sum(s == "passed" for s, _ in self.exercises.values())
+        return sum(e.status == "passed" for e in self.exercises.values())
 
 
 def _visible_only(ex: Exercise) -> Exercise:
@@ -57,14 +67,6 @@ def _visible_only(ex: Exercise) -> Exercise:
         return [] if hidden else ex.cases(rng, False)
 
     return dataclasses.replace(ex, cases=cases)
-
-
-def _status(score: float, max_score: float, feedback: str) -> str:
-    if max_score and score >= max_score:
-        return "passed"
-    if "placeholder" in feedback or feedback.startswith("not attempted"):
-        return "not started"
-    return "failed"
 
 
 def _run_visible_checks(paths: Sequence[Path], timeout: float) -> list:
@@ -85,7 +87,7 @@ def lesson_progress(paths: Sequence[Path], timeout: float = 30.0) -> list[Lesson
         LessonProgress(
             res.lesson,
             res.path,
-            {e.id: (_status(e.score, e.max_score, e.feedback), e.feedback) for e in res.exercises},
+            {e.id: ExerciseProgress(e.status, e.feedback) for e in res.exercises},
             res.note,
         )
         for res in _run_visible_checks(paths, timeout)
@@ -99,7 +101,7 @@ def format_progress(rows: list[LessonProgress], verbose: bool = False) -> str:
         name = Path(row.path).name
         total = len(row.exercises)
         marks = " ".join(
-            f"{STATUS_MARK[s]} {i.split('.', 1)[1]}" for i, (s, _) in row.exercises.items()
+            f"{STATUS_MARK[e.status]} {i.split('.', 1)[1]}" for i, e in row.exercises.items()
         )
         lines.append(f"{name:<44} {row.passed}/{total} passed   {marks}".rstrip())
         if row.note:

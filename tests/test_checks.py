@@ -139,6 +139,45 @@ def test_sys_exit_and_odd_errors_never_escape():
     assert verify(EX, lambda x, eps=1e-5: Weird()).status == "failed"
 
 
+def test_a_hostile_exception_still_gives_one_line():
+    from course_utils.exercises.running import describe_exception
+
+    class Hostile(Exception):
+        def __str__(self):
+            raise RuntimeError("no")
+
+    def standardize_columns(x, eps=1e-5):
+        raise Hostile
+
+    assert describe_exception(Hostile()) == "Hostile"
+    assert verify(EX, standardize_columns).message.endswith("raised Hostile")
+
+
+def test_a_module_calling_torchs_kernel_by_another_name_is_refused():
+    from torch import nn
+
+    class LayerNorm(nn.Module):  # the ATen entry point behind F.layer_norm, not F.layer_norm
+        def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+            super().__init__()
+            self.shape = (
+                (normalized_shape,)
+                if isinstance(normalized_shape, int)
+                else tuple(normalized_shape)
+            )
+            self.eps = eps
+            self.weight = nn.Parameter(torch.ones(self.shape)) if elementwise_affine else None
+            self.bias = (
+                nn.Parameter(torch.zeros(self.shape)) if elementwise_affine and bias else None
+            )
+
+        def forward(self, x):
+            return torch.native_layer_norm(x, self.shape, self.weight, self.bias, self.eps)[0]
+
+    v = verify("05.LayerNorm", LayerNorm)
+    assert v.status == "failed" and "from primitive tensor operations" in v.message, v.message
+    assert torch.native_layer_norm.__name__ == "native_layer_norm"  # restored afterwards
+
+
 def test_check_shows_one_verdict_and_returns_it(capsys):
     v = check(EX, good)
     out = capsys.readouterr().out

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 from course_utils.build import build_notebook
+from course_utils.exercises.cases import VISIBLE_SEED
 from course_utils.exercises.core import call_with_args
-from course_utils.exercises.notebook import VISIBLE_SEED
 from course_utils.grade import main as grade_main
 from course_utils.grading import grade
 from course_utils.grading.grader import default_catalog, make_task
@@ -534,6 +534,25 @@ def test_hidden_cases_follow_the_seed_and_differ_from_visible():
         assert not set(hidden[0]) & set(visible), ex.id
 
 
+def test_a_placeholder_is_not_started_on_any_case_and_progress_can_tell():
+    from course_utils.exercises.running import CaseRun
+    from course_utils.grading.expected import ExpectedCache
+    from course_utils.grading.jobs import Outcome
+    from course_utils.grading.protocol import CaseReply
+    from course_utils.grading.scoring import judge_result
+
+    task = make_task(default_catalog()["00"][0], 0)
+    cache = ExpectedCache()
+    blank = CaseReply(CaseRun("placeholder"), [], [], False)
+    first, later, wrong = Outcome(), Outcome(), Outcome()
+    judge_result(task, 0, blank, first, cache)
+    judge_result(task, 1, blank, later, cache)
+    judge_result(task, 0, CaseReply(CaseRun("ok", 0.0), [], [], False), wrong, cache)
+    assert first.status == "not started" and first.feedback.startswith("not attempted")
+    assert later.status == "not started" and "still the placeholder" in later.feedback
+    assert wrong.status == "failed" and "visible test 1 of" in wrong.feedback
+
+
 # --------------------------------------------------------------------------------------
 # the pieces: reading notebooks, the static scan, the wire
 # --------------------------------------------------------------------------------------
@@ -621,6 +640,13 @@ def test_wire_round_trip_and_refusals():
             decode(payload)
     with pytest.raises(WireError):  # a frame over the limit
         FrameReader(limit=100).feed((1000).to_bytes(4, "big"))
+    from course_utils.exercises.running import CaseRun
+
+    for run in (CaseRun("ok", 1.5), CaseRun("raised", error="E"), CaseRun("placeholder")):
+        assert CaseRun.from_wire(decode(encode(run.to_wire()))) == run
+    for malformed in (("ok",), ("raised", 3), ("missing", 1), (), "ok"):
+        with pytest.raises(ValueError):
+            CaseRun.from_wire(malformed)
     r, w = os.pipe()
     send_frame(w, encode(("cell", 3)))
     os.close(w)

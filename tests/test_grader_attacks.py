@@ -636,7 +636,9 @@ def _snapshot(*folders: Path) -> dict[str, str]:
 
 
 def _zygotes() -> set[int]:
-    """Processes running a sandbox zygote (leftovers of a grading run)."""
+    """Processes running a sandbox zygote of this Python (leftovers of a grading run; other
+    checkouts on a shared machine run zygotes of their own)."""
+    ours = f"{sys.executable}\0-I\0-B\0-m\0course_utils.sandbox.zygote".encode()
     pids = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -644,7 +646,7 @@ def _zygotes() -> set[int]:
                 cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"course_utils.sandbox.zygote" in cmd:
+            if ours in cmd:
                 pids.add(int(entry))
     return pids
 

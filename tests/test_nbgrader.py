@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from course_utils import nbgrader as N
-from course_utils.exercises.notebook import VISIBLE_SEED, assert_passes
+from course_utils.exercises.cases import VISIBLE_SEED
+from course_utils.exercises.notebook import assert_passes
 from course_utils.exercises.registry import get_exercise, lesson_exercises
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import copy
 import importlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
+from .forbidden import FORBIDDEN_CALLS
 from .mistakes import factor_mistake
 
 __all__ = [
@@ -34,85 +35,10 @@ __all__ = [
     "gradient_diagnosis",
     "running_stats_diagnosis",
     "train_eval_diagnosis",
-    "FORBIDDEN_CALLS",
-    "AUTOGRAD_CALLS",
     "answer",
     "load_answer",
+    "reference_functional",
 ]
-
-# The one list of what an exercise may not call (the grader's static scan and its call trap
-# both read ``Exercise.forbidden``; enforcing it is best effort, see README "Grading").
-# Calls that would let an exercise hand back torch's answer instead of computing it: the
-# functional forms, the nn modules, and the ATen entry points behind them, forward and
-# backward, however reached (``torch.ops.aten.X``, ``torch._C._VariableFunctions.X``,
-# ``torch.X``). ``torch.var_mean``, ``torch.mean`` and friends are fine: they compute
-# statistics, not the normalization.
-FORBIDDEN_CALLS = (
-    "batch_norm",
-    "layer_norm",
-    "group_norm",
-    "instance_norm",
-    "rms_norm",
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "LayerNorm",
-    "GroupNorm",
-    "InstanceNorm1d",
-    "InstanceNorm2d",
-    "InstanceNorm3d",
-    "RMSNorm",
-    "SyncBatchNorm",
-    "LazyBatchNorm1d",
-    "LazyBatchNorm2d",
-    "LazyBatchNorm3d",
-    "LazyInstanceNorm1d",
-    "LazyInstanceNorm2d",
-    "LazyInstanceNorm3d",
-    "native_batch_norm",
-    "native_layer_norm",
-    "native_group_norm",
-    "_batch_norm_impl_index",
-    "_native_batch_norm_legit",
-    "_native_batch_norm_legit_no_training",
-    "_fused_rms_norm",
-    "batch_norm_elemt",
-    "batch_norm_stats",
-    "batch_norm_update_stats",
-    "batch_norm_gather_stats",
-    "batch_norm_gather_stats_with_counts",
-    "cudnn_batch_norm",
-    "miopen_batch_norm",
-    "quantized_batch_norm",
-    "native_batch_norm_backward",
-    "native_layer_norm_backward",
-    "native_group_norm_backward",
-    "batch_norm_backward",
-    "batch_norm_backward_elemt",
-    "batch_norm_backward_reduce",
-    "cudnn_batch_norm_backward",
-    "miopen_batch_norm_backward",
-    "_batch_norm_no_update",
-    "_batch_norm_with_update",
-    "_batch_norm_with_update_functional",
-    "_native_batch_norm_legit_functional",
-    "_fused_rms_norm_backward",
-)
-# Autograd, for the exercises that ask for a backward pass derived by hand: ``y.backward``,
-# ``torch.autograd.backward`` / ``grad`` (and the engine entry point all of them reach),
-# ``torch.func`` and ``torch.autograd.functional`` transforms.
-AUTOGRAD_CALLS = (
-    "backward",
-    "grad",
-    "_engine_run_backward",
-    "run_backward",
-    "vjp",
-    "jvp",
-    "jacrev",
-    "jacfwd",
-    "jacobian",
-    "hessian",
-)
 
 
 def answer(lesson: str, name: str) -> Callable[[], Any]:
@@ -138,6 +64,12 @@ def load_answer(lesson: str, name: str) -> Any:
         return answer(lesson, name)()
     except ImportError:
         return None
+
+
+def reference_functional() -> ModuleType:
+    """:mod:`course_utils.reference.functional`, imported when called: for a ``diagnose``,
+    which runs where the answers are (the grader, a learner's kernel), never in the sandbox."""
+    return importlib.import_module("course_utils.reference.functional")
 
 
 _NOT_GIVEN: Any = object()
@@ -183,8 +115,9 @@ class Exercise:
         diagnose: optional ``diagnose(got, expected, case)`` -> message or None, tried before
             the generic comparison to give a more specific verdict (for example "running
             statistics not updated").
-        forbidden: names the exercise must not call (the grader scores 0 if it does);
-            ``()`` allows torch's normalization (an exercise that uses ``nn.LayerNorm``).
+        forbidden: names the exercise must not call (the grader scores 0 if it does; see
+            :mod:`.forbidden`); ``()`` allows torch's normalization (an exercise that uses
+            ``nn.LayerNorm``).
         time_limit: seconds the grader allows this exercise's cases at least (for an
             exercise that trains a model); the grader uses the larger of this and its
             ``--timeout``. None: ``--timeout`` alone.
@@ -217,6 +150,12 @@ class Exercise:
     def lesson(self) -> str:
         """The two-digit lesson number, from the id."""
         return self.id.split(".", 1)[0]
+
+    @property
+    def seed_key(self) -> str:
+        """What the hidden cases are drawn with, besides the grader's seed: the seed group,
+        else the id."""
+        return self.seed_group or self.id
 
     def expected(self, case: Case) -> Any:
         """The reference's outputs on ``case``."""
@@ -368,11 +307,6 @@ def numerical_gradient(
         x[i] = old
         grad[i] = (plus - minus) / (2 * h)
     return grad
-
-
-def is_close_enough(a: float, b: float, tol: float) -> bool:
-    """|a - b| <= tol, treating NaN as never close."""
-    return not (math.isnan(a) or math.isnan(b)) and abs(a - b) <= tol
 
 
 # --------------------------------------------------------------------------------------

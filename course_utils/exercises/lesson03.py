@@ -8,26 +8,20 @@ import numpy as np
 import torch
 
 from .core import (
-    AUTOGRAD_CALLS,
-    FORBIDDEN_CALLS,
     Case,
     Exercise,
     answer,
     load_answer,
     numerical_gradient,
+    reference_functional,
     rel_error,
 )
-from .drivers import forward_backward, kernels_blocked
+from .drivers import call_sequence, load_parameters, modes_text, random_modes, require_names
+from .forbidden import BACKWARD_BY_HAND, forbidden_except, kernels_blocked
 from .mistakes import normalization_mistake
 from .registry import register
 
 GRAD_TOL = 1e-6  # largest relative error accepted for a gradient (float64 inputs)
-
-
-def _functional():
-    from ..reference import functional
-
-    return functional
 
 
 # ------------------------------------------------------------------------------------------
@@ -46,7 +40,7 @@ def _forward_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
         specs = []
         for _ in range(4):
             k = int(rng.integers(2, 6))
-            modes = (True,) + tuple(bool(m) for m in rng.random(k) < 0.5) + (False,)
+            modes = random_modes(rng, k, 0.5)
             specs.append(
                 (
                     int(rng.integers(2, 40)),
@@ -66,7 +60,7 @@ def _forward_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
         beta = rng.normal(size=d)
         rm = rng.normal(size=d) if random_start else np.zeros(d)
         rv = rng.uniform(0.5, 2.0, size=d) if random_start else np.ones(d)
-        seq = ", ".join("train" if m else "eval" for m in modes)
+        seq = modes_text(modes)
         cases.append(
             Case(
                 args=(xs, gamma, beta, rm, rv),
@@ -224,7 +218,7 @@ def _backward_run(fn, case: Case):
 def _numerical_dx(case: Case) -> np.ndarray:
     dout, x, gamma = case.args
     eps = case.kwargs.get("eps", 1e-5)
-    F = _functional()
+    F = reference_functional()
     return numerical_gradient(
         lambda z: F.batch_norm(z, None, None, gamma, None, True, 0.1, eps), x, dout
     )
@@ -284,7 +278,7 @@ def _bn2d_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
         specs = []
         for _ in range(3):
             k = int(rng.integers(1, 4))
-            modes = (True,) + tuple(bool(m) for m in rng.random(k) < 0.6) + (False,)
+            modes = random_modes(rng, k, 0.6)
             specs.append(
                 (
                     int(rng.integers(2, 9)),
@@ -308,7 +302,7 @@ def _bn2d_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
         gs = [rng.normal(size=(n, c, h, w)).astype(np.float32) for _ in modes]
         weight = rng.uniform(0.5, 2.0, size=c).astype(np.float32)
         bias = rng.normal(size=c).astype(np.float32)
-        seq = ", ".join("train" if m else "eval" for m in modes)
+        seq = modes_text(modes)
         cases.append(
             Case(
                 args=(c,),
@@ -331,32 +325,16 @@ def _bn2d_run(cls, case: Case) -> dict:
             "your BatchNorm2d subclasses torch's batch norm; subclass nn.Module and "
             "build it from primitive operations"
         )
-    params = dict(m.named_parameters())
-    buffers = dict(m.named_buffers())
-    for name in ("weight", "bias"):
-        if name not in params:
-            raise AttributeError(
-                f"no parameter named {name!r}: create it with nn.Parameter in __init__ (shape (C,))"
-            )
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        if name not in buffers:
-            raise AttributeError(
-                f"no buffer named {name!r}: create it with self.register_buffer"
-                f"({name!r}, ...) so it is saved in state_dict but not trained"
-            )
-    with torch.no_grad():
-        params["weight"].copy_(torch.from_numpy(meta["weight"]))
-        params["bias"].copy_(torch.from_numpy(meta["bias"]))
+    params, buffers = require_names(
+        m,
+        ("weight", "bias"),
+        ("running_mean", "running_var", "num_batches_tracked"),
+        shape=" (shape (C,))",
+    )
+    load_parameters(params, meta)
     out: dict = {"state_dict keys": tuple(sorted(m.state_dict().keys()))}
     with kernels_blocked(not trusted, "BatchNorm2d"):
-        for i, (x_np, g_np, training) in enumerate(zip(meta["xs"], meta["gs"], meta["modes"]), 1):
-            tag = f"call {i} ({'train' if training else 'eval'})"
-            m.train(training)
-            step = forward_backward(m, x_np, g_np, grads=("weight",))
-            out.update({f"{tag}: {k}": v for k, v in step.items()})
-            out[f"{tag}: running_mean"] = buffers["running_mean"].detach().numpy().copy()
-            out[f"{tag}: running_var"] = buffers["running_var"].detach().numpy().copy()
-            out[f"{tag}: num_batches_tracked"] = int(buffers["num_batches_tracked"])
+        out.update(call_sequence(m, meta, buffers, counters=("num_batches_tracked",)))
     return out
 
 
@@ -469,7 +447,7 @@ register(
         diagnose=_backward_diagnose,
         atol=1e-7,
         rtol=1e-5,
-        forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
+        forbidden=BACKWARD_BY_HAND,
         hints=(
             "Recompute every forward node of the table from x, then walk the table "
             "from the last row (node 8) back to the first, one local derivative per "
@@ -494,7 +472,7 @@ register(
         diagnose=_backward_diagnose,
         atol=1e-7,
         rtol=1e-5,
-        forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
+        forbidden=BACKWARD_BY_HAND,
         hints=(
             "The closed form in the text needs three ingredients: the upstream "
             "gradient times gamma, x_hat, and the inverse standard deviation. Which "
@@ -514,7 +492,7 @@ register(
         diagnose=_bn2d_diagnose,
         atol=1e-5,
         rtol=1e-4,
-        forbidden=tuple(n for n in FORBIDDEN_CALLS if n != "BatchNorm2d"),
+        forbidden=forbidden_except("BatchNorm2d"),
         hints=(
             "Start from what the module holds: two parameters and three buffers, with "
             "torch's names (listed above the exercise). The statistics are per "

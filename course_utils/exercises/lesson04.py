@@ -16,7 +16,8 @@ from .core import (
     running_stats_diagnosis,
     train_eval_diagnosis,
 )
-from .drivers import forward_backward, kernels_blocked
+from .drivers import call_sequence, load_parameters, modes_text, random_modes, require_names
+from .forbidden import kernels_blocked
 from .registry import register
 
 
@@ -24,23 +25,6 @@ def _small_batch():
     from ..experiments import small_batch
 
     return small_batch
-
-
-def require_names(module: nn.Module, params: tuple[str, ...], buffers: tuple[str, ...] = ()):
-    """Raise an AttributeError saying how to create a missing parameter or buffer."""
-    have_p, have_b = dict(module.named_parameters()), dict(module.named_buffers())
-    for name in params:
-        if name not in have_p:
-            raise AttributeError(
-                f"no parameter named {name!r}: create it with nn.Parameter in __init__"
-            )
-    for name in buffers:
-        if name not in have_b:
-            raise AttributeError(
-                f"no buffer named {name!r}: create it with self.register_buffer({name!r}, ...)"
-                " so it is saved in state_dict but not trained"
-            )
-    return have_p, have_b
 
 
 # ------------------------------------------------------------------------------------------
@@ -63,7 +47,7 @@ def _ghost_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
             if rng.random() < 0.25:
                 g = n + int(rng.integers(0, 4))  # a batch smaller than the ghost size
             k = int(rng.integers(1, 3))
-            modes = (True,) + tuple(bool(v) for v in rng.random(k) < 0.5) + (False,)
+            modes = random_modes(rng, k, 0.5)
             specs.append(
                 (
                     n,
@@ -79,7 +63,7 @@ def _ghost_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
         shift, scale = rng.uniform(-3, 3, size=c), rng.uniform(0.3, 3, size=c)
         xs = [(rng.normal(size=(n, c)) * scale + shift).astype(np.float32) for _ in modes]
         gs = [rng.normal(size=(n, c)).astype(np.float32) for _ in modes]
-        seq = ", ".join("train" if m else "eval" for m in modes)
+        seq = modes_text(modes)
         cases.append(
             Case(
                 args=(c,),
@@ -104,19 +88,9 @@ def _ghost_run(cls, case: Case) -> dict:
     if isinstance(m, nn.modules.batchnorm._BatchNorm) and not trusted:
         raise TypeError("subclass nn.Module, not torch's batch norm, and build it from tensor ops")
     params, buffers = require_names(m, ("weight", "bias"), ("running_mean", "running_var"))
-    with torch.no_grad():
-        params["weight"].copy_(torch.from_numpy(meta["weight"]))
-        params["bias"].copy_(torch.from_numpy(meta["bias"]))
-    out: dict = {}
+    load_parameters(params, meta)
     with kernels_blocked(not trusted, "GhostBatchNorm1d"):
-        for i, (x_np, g_np, training) in enumerate(zip(meta["xs"], meta["gs"], meta["modes"]), 1):
-            tag = f"call {i} ({'train' if training else 'eval'})"
-            m.train(training)
-            step = forward_backward(m, x_np, g_np, grads=("weight",))
-            out.update({f"{tag}: {k}": v for k, v in step.items()})
-            out[f"{tag}: running_mean"] = buffers["running_mean"].detach().numpy().copy()
-            out[f"{tag}: running_var"] = buffers["running_var"].detach().numpy().copy()
-    return out
+        return call_sequence(m, meta, buffers)
 
 
 def _plain_bn(x, w, b, eps):

@@ -7,8 +7,6 @@ import torch
 from torch import nn
 
 from .core import (
-    AUTOGRAD_CALLS,
-    FORBIDDEN_CALLS,
     Case,
     Exercise,
     answer,
@@ -16,19 +14,15 @@ from .core import (
     compare,
     gradient_diagnosis,
     numerical_gradient,
+    reference_functional,
     train_eval_diagnosis,
 )
-from .drivers import forward_backward, kernels_blocked
+from .drivers import forward_backward, load_parameters, module_inputs, parameter_shapes
+from .forbidden import BACKWARD_BY_HAND, forbidden_except, kernels_blocked
 from .mistakes import normalization_mistake
 from .registry import register
 
 GRAD_TOL = 1e-6  # largest relative error accepted for a gradient (float64 inputs)
-
-
-def _functional():
-    from ..reference import functional
-
-    return functional
 
 
 def _reference_layer_norm():
@@ -154,12 +148,12 @@ def _backward_diagnose(kind: str):
             )
 
             def f(x_):
-                return _functional().layer_norm(x_, x_.shape[-1], gamma, None, eps)
+                return reference_functional().layer_norm(x_, x_.shape[-1], gamma, None, eps)
         else:
             auto = autograd_gradients(lambda x_, g_: _torch_rms(x_, g_, eps), (x, gamma), dout)
 
             def f(x_):
-                return _functional().rms_norm(x_, x_.shape[-1], gamma, eps)
+                return reference_functional().rms_norm(x_, x_.shape[-1], gamma, eps)
 
         num = numerical_gradient(f, x, dout)
         msg = gradient_diagnosis(
@@ -217,12 +211,7 @@ def _module_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
                 kwargs=kw,
                 label=f"LayerNorm({ns}{''.join(f', {k}={v}' for k, v in kw.items())}), "
                 f"x of shape {shape}",
-                meta={
-                    "x": x,
-                    "g": rng.normal(size=shape).astype(np.float32),
-                    "weight": rng.uniform(0.5, 1.5, size=ns_shape).astype(np.float32),
-                    "bias": rng.normal(size=ns_shape).astype(np.float32),
-                },
+                meta=module_inputs(rng, x, ns_shape),
             )
         )
     return out
@@ -236,13 +225,10 @@ def _module_run(cls, case: Case) -> dict:
         raise TypeError("subclass nn.Module, not nn.LayerNorm, and build it from tensor operations")
     params = dict(m.named_parameters())
     out: dict = {
-        "parameters": tuple(sorted((k, tuple(v.shape)) for k, v in params.items())),
+        "parameters": parameter_shapes(params),
         "state_dict keys": tuple(sorted(m.state_dict().keys())),
     }
-    with torch.no_grad():
-        for name in ("weight", "bias"):
-            if name in params:
-                params[name].copy_(torch.from_numpy(meta[name]))
+    load_parameters(params, meta)
     with kernels_blocked(not trusted, "LayerNorm"):
         for mode in ("train", "eval"):
             m.train(mode == "train")
@@ -318,7 +304,7 @@ register(
         diagnose=_backward_diagnose("layer"),
         atol=1e-7,
         rtol=1e-5,
-        forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
+        forbidden=BACKWARD_BY_HAND,
         hints=(
             "Layer norm is batch norm applied to the transposed matrix. Over which "
             "axis do the means of the closed form run now, and over which axis do "
@@ -357,7 +343,7 @@ register(
         diagnose=_backward_diagnose("rms"),
         atol=1e-7,
         rtol=1e-5,
-        forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
+        forbidden=BACKWARD_BY_HAND,
         hints=(
             "Besides the direct path from x to y, every x of a row also changes y "
             "through the row's inverse RMS, r. Write y as x times r times the weight "
@@ -378,7 +364,7 @@ register(
         diagnose=_module_diagnose,
         atol=1e-5,
         rtol=1e-4,
-        forbidden=tuple(n for n in FORBIDDEN_CALLS if n != "LayerNorm"),
+        forbidden=forbidden_except("LayerNorm"),
         hints=(
             "Mirror torch: nn.LayerNorm's documentation lists the constructor "
             "arguments and the parameters they create. Over which dimensions of the "

@@ -8,8 +8,6 @@ import torch
 from torch import nn
 
 from .core import (
-    AUTOGRAD_CALLS,
-    FORBIDDEN_CALLS,
     Case,
     Exercise,
     answer,
@@ -17,18 +15,14 @@ from .core import (
     compare,
     gradient_diagnosis,
     numerical_gradient,
+    reference_functional,
 )
-from .drivers import forward_backward, kernels_blocked
+from .drivers import forward_backward, load_parameters, module_inputs, parameter_shapes
+from .forbidden import BACKWARD_BY_HAND, forbidden_except, kernels_blocked
 from .mistakes import normalization_mistake
 from .registry import register
 
 GRAD_TOL = 1e-6
-
-
-def _functional():
-    from ..reference import functional
-
-    return functional
 
 
 def _maps(rng: np.random.Generator, shape) -> np.ndarray:
@@ -221,7 +215,7 @@ def _gn_backward_diagnose(got, expected, case: Case) -> str | None:
     auto = autograd_gradients(lambda x_, g_: _torch_gn(x_, g_, groups, eps), (x, gamma), dout)
 
     def f(x_):
-        return _functional().group_norm(x_, groups, gamma, None, eps)
+        return reference_functional().group_norm(x_, groups, gamma, None, eps)
 
     num = numerical_gradient(f, x, dout)
     msg = gradient_diagnosis(
@@ -283,12 +277,7 @@ def _module_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
                 args=(g, c),
                 kwargs=kw,
                 label=f"{label}, x of shape {shape}",
-                meta={
-                    "x": x,
-                    "g": rng.normal(size=shape).astype(np.float32),
-                    "weight": rng.uniform(0.5, 1.5, size=c).astype(np.float32),
-                    "bias": rng.normal(size=c).astype(np.float32),
-                },
+                meta=module_inputs(rng, x, c),
             )
         )
     return out
@@ -306,11 +295,8 @@ def _module_run(cls, case: Case):
     if isinstance(m, nn.GroupNorm) and not trusted:
         raise TypeError("subclass nn.Module, not nn.GroupNorm, and build it from tensor operations")
     params = dict(m.named_parameters())
-    out: dict = {"parameters": tuple(sorted((k, tuple(v.shape)) for k, v in params.items()))}
-    with torch.no_grad():
-        for name in ("weight", "bias"):
-            if name in params:
-                params[name].copy_(torch.from_numpy(meta[name]))
+    out: dict = {"parameters": parameter_shapes(params)}
+    load_parameters(params, meta)
     with kernels_blocked(not trusted, "GroupNorm"):
         out.update(forward_backward(m, meta["x"], meta["g"]))
     return out
@@ -399,7 +385,7 @@ register(
         diagnose=_gn_backward_diagnose,
         atol=1e-7,
         rtol=1e-5,
-        forbidden=FORBIDDEN_CALLS + AUTOGRAD_CALLS,  # derive the backward by hand
+        forbidden=BACKWARD_BY_HAND,
         hints=(
             "Inside one group this is layer norm's backward. Which view of the tensor "
             "makes every group one row, and which parameters stay per channel?",
@@ -422,7 +408,7 @@ register(
         diagnose=_module_diagnose,
         atol=1e-5,
         rtol=1e-4,
-        forbidden=tuple(n for n in FORBIDDEN_CALLS if n != "GroupNorm"),
+        forbidden=forbidden_except("GroupNorm"),
         hints=(
             "Mirror torch: nn.GroupNorm checks its arguments when it is built and has "
             "per-channel parameters. What must happen when C is not divisible by G?",

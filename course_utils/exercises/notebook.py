@@ -8,20 +8,15 @@ wrong type all become a verdict), so it cannot stop the kernel; only an interrup
 
 from __future__ import annotations
 
-import dataclasses
 import html
-import linecache
 import sys
-import traceback
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .cases import VISIBLE_SEED, LabelledCase, hidden_cases, labelled, visible_cases
 from .core import Exercise
 from .registry import get_exercise
+from .running import FAILED, NOT_STARTED, PASSED, Status, judge_run, run_case
 
 __all__ = [
     "Verdict",
@@ -29,14 +24,10 @@ __all__ = [
     "check",
     "hint",
     "reset_hints",
-    "describe_exception",
-    "VISIBLE_SEED",
     "assert_passes",
+    "VISIBLE_SEED",  # the seed of the visible tests check runs (defined in .cases)
 ]
 
-VISIBLE_SEED = 1234
-_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
-_MAX_MESSAGE = 300
 _hints_shown: dict[str, int] = {}
 
 
@@ -45,12 +36,12 @@ class Verdict:
     """The outcome of a check: ``status`` is "passed", "failed" or "not started"."""
 
     exercise_id: str
-    status: str
+    status: Status
     message: str
 
     @property
     def passed(self) -> bool:
-        return self.status == "passed"
+        return self.status == PASSED
 
     def __str__(self) -> str:
         mark = {"passed": "PASSED", "failed": "FAILED", "not started": "NOT STARTED"}[self.status]
@@ -95,45 +86,37 @@ def _show(verdict: Verdict) -> None:
         print(verdict, flush=True)
 
 
-def _is_learner_frame(filename: str) -> bool:
-    if filename.startswith(_PACKAGE_DIR):
-        return False
-    return not any(part in filename for part in ("site-packages", "/lib/python", "<frozen"))
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``TypeError: message (in f, line 7: x_hat = ...)`` without the traceback wall.
-
-    The location is the last frame in the learner's own code (frames of course_utils,
-    numpy, torch are skipped), so the line shown is one the learner wrote.
-    """
-    if isinstance(exc, SystemExit):
-        return (
-            "SystemExit: sys.exit() or exit() was called, which stops the kernel - return instead"
-        )
-    if isinstance(exc, SyntaxError):
-        where = f" (line {exc.lineno}: {exc.text.strip()})" if exc.text else f" (line {exc.lineno})"
-        return _one_line(f"{type(exc).__name__}: {exc.msg}") + where
-    text = _one_line(f"{type(exc).__name__}: {exc}".strip())
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_learner_frame(f.filename)]
-    if frames:
-        f = frames[-1]
-        line = (f.line or linecache.getline(f.filename, f.lineno or 0)).strip()
-        loc = f"in {f.name}, line {f.lineno}"
-        text += f" ({loc}: {_one_line(line)})" if line else f" ({loc})"
-    return text
-
-
 def _not_callable_message(ex: Exercise, obj: Any) -> str:
     return (
         f"expected your {ex.name} itself, got a {type(obj).__name__} - write "
         f'check("{ex.id}", {ex.name}) without calling {ex.name}'
     )
+
+
+def _object_problem(ex: Exercise, obj: Any) -> Verdict | None:
+    """A failed verdict when ``obj`` cannot be the learner's function or class."""
+    if obj is None:
+        return Verdict(ex.id, FAILED, f"got None instead of your {ex.name}")
+    if not callable(obj):
+        return Verdict(ex.id, FAILED, _not_callable_message(ex, obj))
+    return None
+
+
+def _first_failure(ex: Exercise, obj: Any, cases: list[LabelledCase]) -> Verdict | None:
+    """The verdict of the first case that does not pass, or None when all of them pass."""
+    for label, case, _ in cases:
+        run = run_case(ex.run, obj, case)
+        if run.kind == "placeholder":
+            return Verdict(
+                ex.id,
+                NOT_STARTED,
+                f"{ex.name} still holds the placeholder: replace the "
+                f"`raise NotImplementedError` line with your code.",
+            )
+        msg = judge_run(ex, run, case)
+        if msg:
+            return Verdict(ex.id, FAILED, f"{label}: {msg}")
+    return None
 
 
 def verify(exercise: str | Exercise, obj: Any) -> Verdict:
@@ -151,42 +134,12 @@ def verify(exercise: str | Exercise, obj: Any) -> Verdict:
         try:
             ex = get_exercise(exercise)
         except KeyError as e:
-            return Verdict(str(exercise), "failed", str(e.args[0]))
-    if obj is None:
-        return Verdict(ex.id, "failed", f"got None instead of your {ex.name}")
-    if not callable(obj):
-        return Verdict(ex.id, "failed", _not_callable_message(ex, obj))
-    cases = ex.cases(np.random.default_rng(VISIBLE_SEED), False)
-    for i, case in enumerate(cases, 1):
-        label = f"test {i} of {len(cases)}" + (f" ({case.label})" if case.label else "")
-        try:
-            # NaN and inf are reported by the comparison in plain words; numpy's
-            # RuntimeWarnings on top would only add noise.
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore")
-                got = ex.run(obj, case)
-        except NotImplementedError:
-            return Verdict(
-                ex.id,
-                "not started",
-                f"{ex.name} still holds the placeholder: replace the "
-                f"`raise NotImplementedError` line with your code.",
-            )
-        except KeyboardInterrupt:
-            raise  # the learner pressed stop: let the kernel interrupt
-        except BaseException as e:  # noqa: BLE001 - any learner error becomes a verdict
-            return Verdict(ex.id, "failed", f"{label}: raised {describe_exception(e)}")
-        try:
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore")
-                msg = ex.judge(got, case)
-        except Exception as e:  # a malformed output that even the comparison chokes on
-            msg = f"could not compare your output: {describe_exception(e)}"
-        if msg:
-            return Verdict(ex.id, "failed", f"{label}: {msg}")
-    return Verdict(
+            return Verdict(str(exercise), FAILED, str(e.args[0]))
+    cases = labelled(visible_cases(ex))
+    failed = _object_problem(ex, obj) or _first_failure(ex, obj, cases)
+    return failed or Verdict(
         ex.id,
-        "passed",
+        PASSED,
         f"all {len(cases)} visible tests pass. Worth {ex.points} point"
         f"{'s' if ex.points != 1 else ''}; the grader also runs hidden tests.",
     )
@@ -272,19 +225,10 @@ def assert_passes(exercise_id: str, obj: Any, hidden_seed: int | None = None) ->
         raise AssertionError(str(e.args[0])) from None
     if hidden_seed is None:
         verdict = verify(ex, obj)
-    else:
-        from ..grading.grader import make_task  # the grader's one derivation of hidden cases
-
-        cases = [case for _, case, hidden in make_task(ex, hidden_seed).cases if hidden]
-        verdict = verify(dataclasses.replace(ex, cases=lambda rng, hidden: cases), obj)
-        message = (
-            f"all {len(cases)} hidden tests pass"
-            if verdict.passed
-            else f"hidden {verdict.message}"
-            if verdict.status == "failed"
-            else verdict.message
-        )
-        verdict = Verdict(ex.id, verdict.status, message)
+    else:  # the hidden tests the grader draws from this seed
+        cases = labelled(hidden_cases(ex, hidden_seed), "hidden")
+        failed = _object_problem(ex, obj) or _first_failure(ex, obj, cases)
+        verdict = failed or Verdict(ex.id, PASSED, f"all {len(cases)} hidden tests pass")
     if not verdict.passed:
         raise AssertionError(str(verdict))  # the error shows the verdict: no display too
     _show(verdict)

@@ -3,10 +3,10 @@
     results = grade([Path("submissions/")])           # the instructor's secret seed
     results = grade([Path("submissions/")], seed=7)   # a given seed (a re-grade)
 
-The hidden cases of an exercise come from ``numpy.random.default_rng([seed, crc32(key)])``,
-key being the exercise's ``seed_group`` or else its id: the same seed gives the same tests
-(and the same scores), another seed other tests. Every failure while reading or scoring one
-submission becomes that submission's 0 with a reason; the batch always finishes.
+The hidden cases of an exercise are drawn from the seed (:mod:`course_utils.exercises.cases`):
+the same seed gives the same tests (and the same scores), another seed other tests. Every
+failure while reading or scoring one submission becomes that submission's 0 with a reason; the
+batch always finishes.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ import inspect
 import pickle
 import shutil
 import tempfile
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
+from ..exercises.cases import grading_cases
 from ..exercises.core import Exercise
-from ..exercises.notebook import VISIBLE_SEED
 from ..exercises.registry import all_exercises
 from .isolation import INSTALL_HINT, resolve_isolation
 from .jobs import Job, Task
@@ -69,28 +66,22 @@ def _driver(ex: Exercise) -> tuple[str, str]:
 def make_task(ex: Exercise, seed: int, timeout: float = DEFAULT_TIMEOUT) -> Task:
     """The cases the grader runs for ``ex``: the visible ones, then the hidden ones.
 
-    Hidden cases use a generator seeded from ``seed`` and the exercise id (or seed group), so
-    they differ from the visible cases and from one seed to another, but not between runs.
+    Hidden cases are drawn from ``seed`` and the exercise's seed key (its seed group, else its
+    id), so they differ from the visible cases and from one seed to another, but not between
+    runs.
     """
-    visible = ex.cases(np.random.default_rng(VISIBLE_SEED), False)
-    key = ex.seed_group or ex.id
-    hidden = ex.cases(np.random.default_rng([seed, zlib.crc32(key.encode())]), True)
-    cases: list[tuple[str, object, bool]] = []
-    for kind, group in (("visible", visible), ("hidden", hidden)):
-        for i, case in enumerate(group, 1):
-            label = f"{kind} test {i} of {len(group)}" + (f" ({case.label})" if case.label else "")
-            cases.append((label, case, kind == "hidden"))
+    cases = grading_cases(ex, seed)
     driver = _driver(ex)
     try:
-        payloads = [pickle.dumps(c, protocol=pickle.HIGHEST_PROTOCOL) for _, c, _ in cases]
+        payloads = [pickle.dumps(c.case, protocol=pickle.HIGHEST_PROTOCOL) for c in cases]
     except Exception as e:
         raise GradeError(f"exercise {ex.id}: its test cases cannot be sent ({e})") from None
     return Task(
         exercise=ex,
         driver=driver,
-        cases=cases,  # type: ignore[arg-type]
+        cases=cases,
         payloads=payloads,
-        share=(key, *driver),
+        share=(ex.seed_key, *driver),
         budget=max(timeout, ex.time_limit or 0.0),
     )
 

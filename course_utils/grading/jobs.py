@@ -10,12 +10,14 @@ exercise never costs another one its points. Every verdict is decided here, in t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
-from ..exercises.core import Case, Exercise
+from ..exercises.cases import LabelledCase
+from ..exercises.core import Exercise
+from ..exercises.running import Status
 from .notebooks import Cell, Submission
 
-__all__ = ["Task", "Outcome", "Job"]
+__all__ = ["Task", "Step", "Outcome", "Job"]
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Task:
 
     exercise: Exercise
     driver: tuple[str, str]  # (module, qualified name)
-    cases: list[tuple[str, Case, bool]]  # (label, case, hidden)
+    cases: list[LabelledCase]  # visible first
     payloads: list[bytes]
     share: tuple
     budget: float
@@ -39,6 +41,15 @@ class Task:
     @property
     def exercise_id(self) -> str:
         return self.exercise.id
+
+
+class Step(NamedTuple):
+    """What a child was asked to do: run a cell, run one case of a task, or end."""
+
+    kind: Literal["cell", "case", "end"]
+    index: int = -1  # the cell's index, or the case's index in task.cases
+    task: Task | None = None  # for a case
+    seq: int = 0  # for a case: the request's number, which its reply must carry
 
 
 @dataclass
@@ -49,7 +60,7 @@ class Outcome:
         missing: the learner's namespace had no object of the exercise's name.
         died: how the child died (or ran out of time) during the exercise.
         calls, patched, tampered: the best-effort trap's reports.
-        verdict: ``(passed, feedback)`` from the cases, once decided.
+        status, feedback: the verdict from the cases, once decided (``status`` None before).
     """
 
     missing: bool = False
@@ -57,11 +68,16 @@ class Outcome:
     calls: list[str] = field(default_factory=list)
     patched: list[str] = field(default_factory=list)
     tampered: bool = False
-    verdict: tuple[bool, str] | None = None
+    status: Status | None = None
+    feedback: str = ""
 
     @property
     def done(self) -> bool:
-        return self.missing or self.died is not None or self.verdict is not None
+        return self.missing or self.died is not None or self.status is not None
+
+    def decide(self, status: Status, feedback: str) -> None:
+        """Record the exercise's verdict (its remaining cases are not run)."""
+        self.status, self.feedback = status, feedback
 
 
 @dataclass
@@ -77,7 +93,8 @@ class Job:
         cell_errors: cell index -> the error it raised (or how it died).
         cell_patches: cell index -> numpy/torch attributes it changed.
         outcomes: exercise id -> :class:`Outcome`.
-        shared: (share, case index) -> a case's result, for the exercises that share it.
+        shared: (share, case index) -> a case's reply (:class:`~.protocol.CaseReply`), or how
+            the child died on it (a string), for the exercises that share it.
         failures: children lost outside any step (the sandbox itself died); bounded.
     """
 
@@ -99,23 +116,29 @@ class Job:
         """Tasks without a decided outcome yet."""
         return [t for t in self.tasks if not self.outcome(t.exercise_id).done]
 
+    def is_shared(self, task: Task) -> bool:
+        """True when another task of the job shares ``task``'s case results."""
+        return sum(1 for t in self.tasks if t.share == task.share) > 1
+
     def cells(self) -> list[Cell]:
         """The cells the next child runs (those that killed a child are skipped)."""
         return [c for c in self.submission.program if c.index not in self.skip]
 
-    def charge(self, step: tuple | None, reason: str) -> None:
+    def charge(self, step: Step | None, reason: str) -> None:
         """A child died (or timed out) during ``step``: record it so the next child moves on.
 
         Args:
-            step: ``("cell", index)``, ``("case", task, case index)`` or None (outside any
-                learner step: the sandbox itself failed).
+            step: a cell or a case; None: outside any learner step (the sandbox itself
+                failed).
             reason: one line saying how it died.
         """
-        if step is not None and step[0] == "cell":
-            self.skip.add(step[1])
-            self.cell_errors[step[1]] = reason
-        elif step is not None and step[0] == "case":
-            self.outcome(step[1].exercise_id).died = reason
+        if step is not None and step.kind == "cell":
+            self.skip.add(step.index)
+            self.cell_errors[step.index] = reason
+        elif step is not None and step.task is not None:
+            self.outcome(step.task.exercise_id).died = reason
+            if self.is_shared(step.task):
+                self.shared[(step.task.share, step.index)] = reason
         else:
             self.failures += 1
             if self.failures >= 3:  # never loop on a sandbox that keeps failing

@@ -8,11 +8,12 @@ child and charges the step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+from ..exercises.running import CaseRun
 from ..sandbox.wire import WireError, decode
 
-__all__ = ["hello", "cell_reply", "case_reply", "WireError"]
+__all__ = ["hello", "cell_reply", "case_reply", "CaseReply", "WireError"]
 
 _MAX_TEXT = 2_000
 _MAX_ITEMS = 200
@@ -54,30 +55,31 @@ def cell_reply(payload: bytes, index: int) -> tuple[str | None, list[str]]:
     return error, _texts(patched, "the patched names")
 
 
-def case_reply(payload: bytes, seq: int) -> tuple[tuple, list[str], list[str], bool]:
-    """``("case_done", seq, result, calls, patched, tampered)`` for request ``seq``.
+class CaseReply(NamedTuple):
+    """A child's report on one case: what running it gave, and what the traps saw."""
 
-    Returns:
-        (result, calls, patched, tampered); ``result`` is ``("ok", output)``,
-        ``("missing",)``, ``("placeholder",)`` or ``("raised", message)``.
-    """
+    run: CaseRun
+    calls: list[str]  # forbidden calls recorded while it ran
+    patched: list[str]  # numpy/torch attributes it changed (restored since)
+    tampered: bool  # it switched the call trap off
+
+
+def case_reply(payload: bytes, seq: int) -> CaseReply:
+    """``("case_done", seq, result, calls, patched, tampered)`` for request ``seq``; ``result``
+    is a :class:`~course_utils.exercises.running.CaseRun` in its wire form."""
     _, s, result, calls, patched, tampered = _message(payload, "case_done", 6)
     if s != seq or type(s) is not int:
         raise WireError(f"a reply for request {s!r} while request {seq} was running")
-    if not isinstance(result, tuple) or not result:
-        raise WireError("a malformed result")
-    if result[0] == "ok" and len(result) == 2:
-        pass
-    elif result[0] in ("missing", "placeholder") and len(result) == 1:
-        pass
-    elif result[0] == "raised" and len(result) == 2:
-        result = ("raised", _text(result[1], "an error message"))
-    else:
-        raise WireError("a malformed result")
+    try:
+        run = CaseRun.from_wire(result)
+    except ValueError as e:
+        raise WireError(str(e)) from None
+    if run.kind == "raised":
+        _text(run.error, "an error message")
     if type(tampered) is not bool:
         raise WireError("a malformed trap report")
-    return (
-        result,
+    return CaseReply(
+        run,
         _texts(calls, "the recorded calls"),
         _texts(patched, "the patched names"),
         tampered,

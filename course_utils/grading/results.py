@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..exercises.running import Status
+
 __all__ = ["ExerciseResult", "SubmissionResult"]
 
 
 @dataclass
 class ExerciseResult:
-    """The points one exercise earned and why (``feedback`` is one line)."""
+    """The points one exercise earned and why (``feedback`` is one line); ``status`` is
+    "passed" (full points), "not started" (the placeholder is still there) or "failed"."""
 
     id: str
     score: float
     max_score: float
     feedback: str
+    status: Status
 
     def to_dict(self) -> dict:
         return {

@@ -35,7 +35,7 @@ from ..sandbox import wire
 from . import protocol
 from .expected import ExpectedCache
 from .isolation import start_zygote
-from .jobs import Job
+from .jobs import Job, Step
 from .scoring import judge_result
 
 __all__ = ["run_jobs", "describe_exit", "SandboxFailure"]
@@ -93,7 +93,7 @@ class _Run:
     cells: deque
     task_i: int = 0
     case_i: int = 0
-    step: tuple | None = None
+    step: Step | None = None
     limit: float = 0.0  # seconds the current window may use
     t0: float = 0.0  # the current step's start (wall clock)
     d0: float = 0.0  # the child's CPU-wait time then
@@ -264,7 +264,7 @@ class _Loop:
         self.sel.register(grader_end, selectors.EVENT_READ, ("chan", w))
         self.advance(w, run)
 
-    def send(self, w: _Worker, run: _Run, message: tuple, step: tuple, limit: float) -> None:
+    def send(self, w: _Worker, run: _Run, message: tuple, step: Step, limit: float) -> None:
         run.out += _frame(message)
         run.step, run.limit = step, limit
         run.t0, run.d0 = time.monotonic(), _waited(run.pid)
@@ -289,7 +289,7 @@ class _Loop:
         if run.cells:
             cell = run.cells.popleft()
             message = ("cell", cell.index, cell.source, cell.filename)
-            self.send(w, run, message, ("cell", cell.index), self.timeout)
+            self.send(w, run, message, Step("cell", cell.index), self.timeout)
             return
         while run.task_i < len(job.tasks):
             task = job.tasks[run.task_i]
@@ -300,8 +300,8 @@ class _Loop:
             key = (task.share, run.case_i)
             if key in job.shared:  # another part of the same exercise ran this case already
                 shared = job.shared[key]
-                if shared[0] == "died":
-                    outcome.died = shared[1]
+                if isinstance(shared, str):  # the child died on it
+                    outcome.died = shared
                 else:
                     judge_result(task, run.case_i, shared, outcome, self.cache)
                 run.case_i += 1
@@ -316,9 +316,10 @@ class _Loop:
                 qualname,
                 task.payloads[run.case_i],
             )
-            self.send(w, run, message, ("case", task, run.case_i, run.seq), task.budget - run.used)
+            step = Step("case", run.case_i, task, run.seq)
+            self.send(w, run, message, step, task.budget - run.used)
             return
-        self.send(w, run, ("end",), ("end",), _END_GRACE)
+        self.send(w, run, ("end",), Step("end"), _END_GRACE)
 
     def on_chan(self, w: _Worker, run: _Run, events: int) -> None:
         if events & selectors.EVENT_WRITE:
@@ -356,20 +357,19 @@ class _Loop:
             run.hello = True  # (d0 stays 0: the child was born after its first step began)
             return
         step = run.step
-        if step is None or step[0] == "end":
+        if step is None or step.kind == "end":
             raise protocol.WireError("a message nobody asked for")
         job = run.job
-        if step[0] == "cell":
-            error, patched = protocol.cell_reply(payload, step[1])
+        if step.kind == "cell":
+            error, patched = protocol.cell_reply(payload, step.index)
             if error is not None:
-                job.cell_errors[step[1]] = error
+                job.cell_errors[step.index] = error
             if patched:
-                job.cell_patches[step[1]] = patched
+                job.cell_patches[step.index] = patched
         else:
-            _, task, index, seq = step
-            reply = protocol.case_reply(payload, seq)
-            sharing = sum(1 for t in job.tasks if t.share == task.share) > 1
-            if sharing:
+            task, index = step.task, step.index
+            reply = protocol.case_reply(payload, step.seq)
+            if job.is_shared(task):
                 job.shared[(task.share, index)] = reply
             run.used += _charged(run, time.monotonic())
             judge_result(task, index, reply, job.outcome(task.exercise_id), self.cache)
@@ -385,7 +385,7 @@ class _Loop:
         wall = now - run.t0
         if wall > _WALL_FACTOR * run.limit + _WALL_EXTRA:
             return True
-        if run.step[0] == "end":
+        if run.step.kind == "end":
             return wall > run.limit
         return _charged(run, now) > run.limit
 
@@ -417,17 +417,15 @@ class _Loop:
         step = run.step
         if not run.hello and not run.timed_out:
             step = None  # it died before any learner code ran: not the first cell's fault
-        if step is not None and step[0] != "end":
+        if step is not None and step.kind != "end":
             if run.timed_out:
-                limit = step[1].budget if step[0] == "case" else run.limit
+                limit = step.task.budget if step.task is not None else run.limit
                 reason = describe_exit(0, True, limit, None)
             elif died is not None:
                 reason = died
             else:
                 reason = describe_exit(status or 0, False, run.limit, run.error)
-            job.charge(step[:2] if step[0] == "cell" else step[:3], reason)
-            if step[0] == "case" and sum(1 for t in job.tasks if t.share == step[1].share) > 1:
-                job.shared[(step[1].share, step[2])] = ("died", reason)
+            job.charge(step, reason)
         elif step is None and job.pending():
             job.charge(None, died or "the grader's worker failed to start a child")
         if job.pending():
@@ -517,7 +515,7 @@ class _Loop:
                     if run.kill_sent is not None and now > run.kill_sent + _KILL_GRACE:
                         self.worker_died(w, "its zygote did not stop the child")
                     elif run.kill_sent is None and self.overrun(run, now):
-                        ending = run.step is not None and run.step[0] == "end"
+                        ending = run.step is not None and run.step.kind == "end"
                         self.stop_child(w, run, None)
                         run.timed_out = not ending  # after "end" everything was done
 

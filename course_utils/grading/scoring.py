@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import copy
 import re
-import warnings
 from typing import Any
 
-import numpy as np
-
 from ..exercises.core import Exercise
-from ..exercises.notebook import describe_exception
+from ..exercises.running import FAILED, NOT_STARTED, PASSED, CaseRun, Status, judge_run, one_line
 from ..sandbox import wire
 from ..sandbox.traps import COURSE_CODE_LABEL
 from .expected import ExpectedCache
 from .jobs import Job, Outcome, Task
+from .protocol import CaseReply
 from .results import ExerciseResult, SubmissionResult
 
 __all__ = ["judge_result", "forbidden_calls", "score_job", "score_unreadable", "line"]
@@ -30,12 +28,17 @@ _MAX_FEEDBACK = 400
 
 def line(text: str) -> str:
     """One line of at most 400 characters."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= _MAX_FEEDBACK else text[: _MAX_FEEDBACK - 3] + "..."
+    return one_line(text, _MAX_FEEDBACK)
 
 
-def _points(ex: Exercise, ok: bool, feedback: str) -> ExerciseResult:
-    return ExerciseResult(ex.id, ex.points if ok else 0, ex.points, line(feedback))
+def _result(ex: Exercise, status: Status, feedback: str) -> ExerciseResult:
+    """Full points when passed, else none."""
+    score = ex.points if status == PASSED else 0
+    return ExerciseResult(ex.id, score, ex.points, line(feedback), status)
+
+
+def _failed(ex: Exercise, feedback: str) -> ExerciseResult:
+    return _result(ex, FAILED, feedback)
 
 
 def _not_attempted(ex: Exercise) -> str:
@@ -77,65 +80,51 @@ def forbidden_calls(ex: Exercise, calls: list[str]) -> list[str]:
     return out
 
 
-def _compare(ex: Exercise, got: Any, case: Any, index: int, cache: ExpectedCache) -> str | None:
-    got = _typed_unsupported(got)
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            if ex.assess is not None:
-                return ex.judge(got, copy.deepcopy(case))
-            return ex.judge(got, copy.deepcopy(case), cache.get(ex, index, case))
-    except Exception as e:  # a malformed output the comparison itself chokes on
-        return f"could not compare your output: {describe_exception(e)}"
-
-
 def judge_result(
-    task: Task, index: int, result: tuple, outcome: Outcome, cache: ExpectedCache
+    task: Task, index: int, reply: CaseReply, outcome: Outcome, cache: ExpectedCache
 ) -> None:
-    """Fold one case's result into ``outcome`` (a verdict once a case fails or all pass).
+    """Fold one case's reply into ``outcome`` (a verdict once a case fails or all pass).
 
     Args:
-        result: ``(result, calls, patched, tampered)`` as the child reported them (already
-            validated), ``result`` being ``("ok", output)``, ``("missing",)``,
-            ``("placeholder",)`` or ``("raised", message)``.
+        reply: what the child reported for case ``index`` of ``task`` (already validated).
     """
     ex = task.exercise
-    res, calls, patched, tampered = result
-    outcome.calls += [c for c in calls if c not in outcome.calls]
-    outcome.patched += [p for p in patched if p not in outcome.patched]
-    outcome.tampered = outcome.tampered or tampered
+    outcome.calls += [c for c in reply.calls if c not in outcome.calls]
+    outcome.patched += [p for p in reply.patched if p not in outcome.patched]
+    outcome.tampered = outcome.tampered or reply.tampered
     if forbidden_calls(ex, outcome.calls) or outcome.patched or outcome.tampered:
-        outcome.verdict = (False, "disqualified")  # the reason is given by score_job
+        outcome.decide(FAILED, "disqualified")  # the reason is given by score_job
         return
     label, case, hidden = task.cases[index]
-    kind = res[0]
-    if kind == "missing":
+    run = reply.run
+    if run.kind == "missing":
         outcome.missing = True
         return
-    if kind == "placeholder":
+    status: Status = FAILED
+    if run.kind == "placeholder":
         if index == 0:
-            outcome.verdict = (False, _not_attempted(ex))
+            outcome.decide(NOT_STARTED, _not_attempted(ex))
             return
+        status = NOT_STARTED
         msg: str | None = (
             "raised NotImplementedError (part of the exercise is still the placeholder)"
         )
-    elif kind == "raised":
-        msg = f"raised {res[1]}"
     else:
-        msg = _compare(ex, res[1], case, index, cache)
-    n_visible = sum(1 for _, _, h in task.cases if not h)
+        if run.kind == "ok":
+            run = CaseRun("ok", _typed_unsupported(run.output))
+        msg = judge_run(ex, run, copy.deepcopy(case), lambda: cache.get(ex, index, case))
+    n_visible = sum(1 for c in task.cases if not c.hidden)
     if msg:
         # Cases run visible first: a hidden failure means every visible test passed.
         if hidden and n_visible:
             msg = f"passes the visible tests but fails hidden ones: {label}: {msg}"
         else:
             msg = f"{label}: {msg}"
-        outcome.verdict = (False, msg)
+        outcome.decide(status, msg)
     elif index == len(task.cases) - 1:
         n_hidden = len(task.cases) - n_visible
-        outcome.verdict = (
-            True,
-            f"passed all {len(task.cases)} tests ({n_visible} visible, {n_hidden} hidden)",
+        outcome.decide(
+            PASSED, f"passed all {len(task.cases)} tests ({n_visible} visible, {n_hidden} hidden)"
         )
 
 
@@ -143,64 +132,58 @@ def _score_exercise(job: Job, ex: Exercise, task: Task | None) -> ExerciseResult
     sub = job.submission
     cell = sub.exercises.get(ex.id)
     if cell is None:
-        return _points(
+        return _failed(
             ex,
-            False,
             f"not found: no cell holds exercise {ex.id} or defines `{ex.name}` "
             "(was the cell deleted, or the function renamed?)",
         )
     static = job.static.get(ex.id, [])
     if static:
         more = f" (and {len(static) - 1} more)" if len(static) > 1 else ""
-        return _points(ex, False, f"{static[0]}{more} - not allowed; write it yourself")
+        return _failed(ex, f"{static[0]}{more} - not allowed; write it yourself")
     setup_patches = [p for c in sub.setup for p in job.cell_patches.get(c.index, [])]
     if setup_patches:
-        return _points(
+        return _failed(
             ex,
-            False,
             f"a setup cell patches {setup_patches[0]} - patching numpy or torch is not allowed",
         )
     if job.cell_patches.get(cell.index):
-        return _points(
+        return _failed(
             ex,
-            False,
             f"the exercise cell patches {job.cell_patches[cell.index][0]} - patching numpy or "
             "torch is not allowed",
         )
     outcome = job.outcomes.get(ex.id)
     cell_error = job.cell_errors.get(cell.index)
     if outcome is None or task is None:
-        return _points(ex, False, "the grader could not run this exercise")
+        return _failed(ex, "the grader could not run this exercise")
     calls = forbidden_calls(ex, outcome.calls)
     if calls:
         what = ", ".join(calls[:2])
-        return _points(
-            ex, False, f"calls {what} while running - not allowed; write the computation yourself"
+        return _failed(
+            ex, f"calls {what} while running - not allowed; write the computation yourself"
         )
     if outcome.patched:
-        return _points(
+        return _failed(
             ex,
-            False,
             f"{ex.name} patches {outcome.patched[0]} while running - patching numpy or "
             "torch is not allowed",
         )
     if outcome.tampered:
-        return _points(ex, False, f"{ex.name} switches off the grader's call trap (sys.setprofile)")
+        return _failed(ex, f"{ex.name} switches off the grader's call trap (sys.setprofile)")
     if outcome.died is not None:
-        return _points(ex, False, f"{ex.name} {outcome.died}")
+        return _failed(ex, f"{ex.name} {outcome.died}")
     if outcome.missing:
         if cell_error and cell_error.startswith("NotImplementedError"):
             # The placeholder sits in a class body, so the cell itself raises.
-            return _points(ex, False, _not_attempted(ex))
+            return _result(ex, NOT_STARTED, _not_attempted(ex))
         if cell_error:
-            return _points(ex, False, f"the exercise cell failed: {cell_error}")
-        return _points(
-            ex, False, f"the exercise cell does not define `{ex.name}` (was it renamed?)"
-        )
-    if outcome.verdict is None:
-        return _points(ex, False, "the grader could not run this exercise")
-    passed, feedback = outcome.verdict
-    if not passed:
+            return _failed(ex, f"the exercise cell failed: {cell_error}")
+        return _failed(ex, f"the exercise cell does not define `{ex.name}` (was it renamed?)")
+    if outcome.status is None:
+        return _failed(ex, "the grader could not run this exercise")
+    feedback = outcome.feedback
+    if outcome.status != PASSED:
         if cell_error:
             feedback += f"; the exercise cell also raised {cell_error}"
         setup_errors = [
@@ -210,7 +193,7 @@ def _score_exercise(job: Job, ex: Exercise, task: Task | None) -> ExerciseResult
         ]
         if setup_errors:
             feedback += f"; note: a setup cell failed ({setup_errors[0]})"
-    return _points(ex, passed, feedback)
+    return _result(ex, outcome.status, feedback)
 
 
 def score_job(job: Job) -> SubmissionResult:
@@ -241,5 +224,5 @@ def score_unreadable(sub: Any, exercises: list[Exercise], reason: str = "") -> S
         )
     result = SubmissionResult(str(sub.path), lesson, note=line(reason))
     for ex in exercises:
-        result.exercises.append(ExerciseResult(ex.id, 0, ex.points, line(f"not graded: {reason}")))
+        result.exercises.append(_failed(ex, f"not graded: {reason}"))
     return result

@@ -12,11 +12,11 @@ channel, one at a time:
                                              -> ("case_done", seq, result, calls, patched, tampered)
     ("end",)                                 exit
 
-``result`` is ``("ok", output)``, ``("missing",)`` (no object called ``name``),
-``("placeholder",)`` (``NotImplementedError``) or ``("raised", one line)``. The test case
-arrives pickled by the grader; the output goes back in :mod:`.wire`'s plain-data format. The
-child never sees an expected value, and what it says decides nothing by itself: the grader
-judges the outputs and owns every time limit.
+``result`` is a :class:`~course_utils.exercises.running.CaseRun` in its wire form: the case
+runs through the same :func:`~course_utils.exercises.running.run_case` as the in-notebook
+check. The test case arrives pickled by the grader; the output goes back in :mod:`.wire`'s
+plain-data format. The child never sees an expected value, and what it says decides nothing
+by itself: the grader judges the outputs and owns every time limit.
 """
 
 from __future__ import annotations
@@ -32,37 +32,16 @@ import sys
 import warnings
 from typing import Any
 
-import numpy as np
-
+from ..exercises.running import CaseRun, describe_exception, run_case
 from . import seccomp, wire
 from .traps import CallTrap, ModuleGuard
 
-__all__ = ["child_main", "describe_exception"]
+__all__ = ["child_main"]
 
 # Captured at import, before any learner code runs: a submission that replaces
 # CallTrap.armed or ModuleGuard.check_and_restore changes nothing here.
 _ARMED = CallTrap.armed
 _CHECK = ModuleGuard.check_and_restore
-
-_MAX_LINE = 300
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= _MAX_LINE else text[: _MAX_LINE - 3] + "..."
-
-
-def describe_exception(exc: BaseException) -> str:
-    """The notebook checks' one-line description (learner's frame, no traceback wall)."""
-    try:
-        from ..exercises.notebook import describe_exception as describe
-
-        return describe(exc)
-    except Exception:  # noqa: BLE001 - a hostile exception whose str() raises
-        try:
-            return _one_line(f"{type(exc).__name__}: {exc}")
-        except Exception:  # noqa: BLE001
-            return type(exc).__name__
 
 
 class _Shell:
@@ -172,20 +151,16 @@ def _driver(module: str, qualname: str) -> Any:
 
 def _run_case(
     name: str, driver: Any, case: Any, ns: dict, trap: CallTrap
-) -> tuple[tuple, dict[str, None]]:
+) -> tuple[CaseRun, dict[str, None]]:
     if name not in ns:
-        return ("missing",), {}
-    got: Any = None
-    try:
-        with _ARMED(trap), warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            got = driver(ns[name], case)
-        result: tuple = ("ok", got)
-    except NotImplementedError:
-        result = ("placeholder",)
-    except BaseException as e:  # noqa: BLE001 - every learner failure becomes a result
-        result = ("raised", describe_exception(e))
-    return result, dict(trap.calls)
+        return CaseRun("missing"), {}
+    with _ARMED(trap):
+        run = run_case(driver, ns[name], case, interruptible=False)
+    return run, dict(trap.calls)
+
+
+def _raised(error: str) -> tuple:
+    return CaseRun("raised", error=error).to_wire()
 
 
 def _send(sock: socket.socket, message: tuple) -> None:
@@ -195,16 +170,11 @@ def _send(sock: socket.socket, message: tuple) -> None:
         kind, key = message[0], message[1]
         if kind != "case_done":
             raise
-        payload = wire.encode(
-            (kind, key, ("raised", f"could not send the output back: {describe_exception(e)}"))
-            + tuple(message[3:])
-        )
+        error = f"could not send the output back: {describe_exception(e)}"
+        payload = wire.encode((kind, key, _raised(error)) + tuple(message[3:]))
     if len(payload) > wire.MAX_FRAME:
-        payload = wire.encode(
-            message[:2]
-            + (("raised", f"the output is {len(payload) >> 20} MiB; the limit is 64 MiB"),)
-            + tuple(message[3:])
-        )
+        error = f"the output is {len(payload) >> 20} MiB; the limit is 64 MiB"
+        payload = wire.encode(message[:2] + (_raised(error),) + tuple(message[3:]))
     wire.send_frame(sock, payload)
 
 
@@ -243,10 +213,10 @@ def child_main(fd: int, limits: dict) -> None:
                 _, seq, name, module, qualname, payload = msg
                 case = pickle.loads(payload)
                 driver = _driver(module, qualname)
-                result, calls = _run_case(name, driver, case, ns, trap)
+                run, calls = _run_case(name, driver, case, ns, trap)
                 tampered = trap.tampered
                 patched = _CHECK(guard)
-                _send(sock, ("case_done", seq, result, list(calls), patched, tampered))
+                _send(sock, ("case_done", seq, run.to_wire(), list(calls), patched, tampered))
             else:
                 break
     except BaseException:  # noqa: BLE001 - the grader sees the channel close and says why

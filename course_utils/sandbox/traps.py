@@ -29,6 +29,8 @@ from pathlib import Path
 from types import CodeType, FrameType, ModuleType
 from typing import Any
 
+from ..exercises.forbidden import torch_functions
+
 __all__ = ["CallTrap", "ModuleGuard", "COURSE_CODE_LABEL", "trust"]
 
 COURSE_CODE_LABEL = "the course's grading code"
@@ -104,8 +106,9 @@ class CallTrap:
     """Records forbidden calls made while :meth:`armed` is active.
 
     Args:
-        forbidden: every name any exercise of the job forbids (``Exercise.forbidden``); the
-            grader decides which recorded calls matter for which exercise.
+        forbidden: every name any exercise of the job forbids (``Exercise.forbidden``, from
+            :mod:`course_utils.exercises.forbidden`); the grader decides which recorded calls
+            matter for which exercise.
     Attributes:
         calls: what was called during the last armed period, as labels such as
             ``"torch.nn.functional.layer_norm"`` or ``"torch.ops.aten.native_batch_norm"``.
@@ -130,16 +133,11 @@ class CallTrap:
         """Wrap torch's forbidden functions and index the code the profile hook watches."""
         import torch
         import torch.nn as nn
-        import torch.nn.functional as F
 
         self._index_modules()  # before wrapping: the wrappers share one code object
         self._index_special(torch)
-        for mod, prefix in ((torch, "torch"), (F, "torch.nn.functional")):
-            for name in self.forbidden:
-                fn = mod.__dict__.get(name)
-                if fn is None or isinstance(fn, type) or not callable(fn):
-                    continue
-                setattr(mod, name, self._wrap(fn, f"{prefix}.{name}"))
+        for mod, prefix, name in torch_functions(sorted(self.forbidden)):
+            setattr(mod, name, self._wrap(mod.__dict__[name], f"{prefix}.{name}"))
         torch_dir = str(Path(torch.__file__).parent)
         for name in sorted(self.forbidden):
             cls = getattr(nn, name, None)
