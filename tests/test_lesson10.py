@@ -432,6 +432,47 @@ def test_notebook_layout():
             assert _source(cells[i + 1]).strip() == f'check("{ex}", {ex.split(".")[1]})'
         if "claim" in c["metadata"].get("tags", []):
             assert "Claim check" in _source(cells[i - 1])
-            assert "assert " in _source(c)
+            assert "claim(" in _source(c) and c["metadata"]["course"]["claim"].startswith("10.")
     assert found == EXERCISES
     assert sum("claim" in c["metadata"].get("tags", []) for c in cells) == 4
+
+
+_NO_ANSWERS = """
+import importlib.abc, json, sys
+
+class NoAnswers(importlib.abc.MetaPathFinder):  # the grader's sandbox has no answers
+    def find_spec(self, name, path=None, target=None):
+        if name == "course_utils.answers" or name.startswith("course_utils.answers."):
+            raise ImportError(f"{name} is not available here")
+        return None
+
+sys.meta_path.insert(0, NoAnswers())
+import pkgutil
+import course_utils.experiments as E
+for m in pkgutil.iter_modules(E.__path__):
+    __import__(f"course_utils.experiments.{m.name}")
+for path in sys.argv[1:]:
+    nb = json.load(open(path, encoding="utf-8"))
+    for cell in nb["cells"]:
+        if "setup" in cell["metadata"].get("tags", []):
+            src = "".join(cell["source"])
+            exec("\\n".join(l for l in src.splitlines() if not l.startswith("%")), {})
+print("ok")
+"""
+
+
+def test_experiments_and_setup_cells_import_without_the_answers():
+    """The grader's sandbox hides course_utils.answers and runs every notebook's setup cells
+    (and preloads every experiment module): none may import an answer when imported."""
+    import subprocess
+    import sys
+
+    notebooks = sorted(str(p) for p in (ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_ANSWERS, *notebooks],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "MPLBACKEND": "Agg"},
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import seeds as seeding
 from ..data import MNISTSplit
 from .placement import Tuned, tune_and_confirm
 
@@ -116,7 +117,7 @@ class ConditionedMLP(nn.Module):
 def _shift_accuracy(model: nn.Module, data: MNISTSplit, seed: int) -> float:
     """Accuracy on the test digits, each with a condition drawn from ``seed``."""
     model.eval()
-    g = torch.Generator().manual_seed(10_000 + seed)
+    g = seeding.generator(10_000 + seed)
     cond = torch.randint(0, N_COND, (len(data.y_test),), generator=g)
     pred = model(data.x_test, cond).argmax(1)
     return float((pred == shift_targets(data.y_test, cond)).float().mean())
@@ -133,7 +134,7 @@ def train_shift(
     """Train on the shift task with Adam: each step draws ``batch_size`` training digits and a
     condition for each (from a generator seeded with ``seed``). Returns (loss per step
     (steps,), test accuracy with fresh conditions)."""
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = np.empty(steps)
     model.train()
@@ -178,7 +179,7 @@ def compare_arms(
     in_features = data.x_train[0].numel()
 
     def run(arm: str, lr: float, seed: int) -> float:
-        torch.manual_seed(seed)
+        seeding.torch_seed(seed)
         model = ConditionedMLP(arm, width, blocks, in_features)
         loss, acc = train_shift(model, data, lr, steps, seed=seed)
         losses[arm, lr, seed] = loss

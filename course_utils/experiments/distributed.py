@@ -1,8 +1,9 @@
 """Run one function on several processes joined by ``torch.distributed`` (gloo, loopback),
-or on several threads that stand in for them, with the same ``all_reduce`` contract.
+or on ranks that stand in for them in one process, with the same ``all_reduce`` contract.
 
     results = run_processes(fn, world_size=2, args=(...,))   # real processes, gloo over TCP
     results = run_threads(fn, world_size=2, args=(...,))     # one process, threads
+    results = run_replayed(fn, world_size=2, args=(...,))    # one thread, lockstep replay
 
 ``fn(rank, world_size, all_reduce, *args)`` must return plain data (numbers, lists, dicts,
 tensors); ``all_reduce(t)`` sums the tensor ``t`` over the ranks in place and returns None, as
@@ -38,6 +39,8 @@ __all__ = [
     "run_processes",
     "run_threads",
     "ThreadGroup",
+    "ReplayGroup",
+    "run_replayed",
     "CommCounter",
 ]
 
@@ -253,6 +256,160 @@ def run_threads(
 ) -> list[Any]:
     """``fn(rank, world_size, all_reduce, *args)`` on ``world_size`` threads; results by rank."""
     return ThreadGroup(world_size, timeout=timeout).run(fn, *args)
+
+
+# ------------------------------------------------------------------------------------------
+# lockstep replay: one thread, world_size ranks (where no thread may start: the grader's sandbox)
+# ------------------------------------------------------------------------------------------
+
+
+class _Paused(BaseException):
+    """Stops a rank's run at the all_reduce call being collected (a BaseException, so that an
+    ``except Exception`` in the rank's code does not swallow it)."""
+
+
+class ReplayGroup:
+    """``world_size`` ranks in this one thread, kept in lockstep by replaying them.
+
+    No thread or process is started, so it runs where none may (the grader's sandbox). Pass
+    ``k`` runs every rank's ``fn`` from the start: its all_reduce calls 1..k-1 get the sums
+    already known, and call ``k`` records the rank's tensor and stops that run (with a private
+    ``BaseException``, which propagates through autograd's backward unchanged). When every rank
+    has posted call ``k``, the sums of call ``k`` are formed (in rank order, so identical on
+    every rank) and the next pass begins, until every rank returns. A rank's computation must
+    therefore be deterministic: the same tensors at every replay (checked, bit for bit).
+    ``c`` all_reduce calls cost ``c + 1`` runs of each rank.
+
+    Bad ranks get a clear error, never a hang: ranks that call all_reduce unequally often,
+    tensors of different shapes on different ranks, a rank that catches the interruption and
+    carries on, a replay that posts a different tensor, more than ``max_calls`` calls.
+    ``calls[r]`` and ``bytes[r]`` count rank r's all_reduce calls and bytes in its current
+    run (after :meth:`run`: its final, complete one), as :class:`ThreadGroup`'s do.
+    """
+
+    def __init__(self, world_size: int, max_calls: int = 64) -> None:
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        self.world_size = world_size
+        self.max_calls = max_calls
+        self.calls = [0] * world_size
+        self.bytes = [0] * world_size
+
+    def _all_reduce(self, rank: int, sums: list[torch.Tensor], posted: list, state: dict):
+        """The all_reduce of one run of rank ``rank``: answers the known calls, stops at the
+        next one. ``posted[i]`` is what this rank posted at call i in earlier passes."""
+
+        def all_reduce(tensor: torch.Tensor) -> None:
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(
+                    f"all_reduce takes a torch.Tensor (it sums it in place), got "
+                    f"{type(tensor).__name__}"
+                )
+            if state["stopped"]:
+                raise RuntimeError(
+                    f"rank {rank} called all_reduce again after the check interrupted it: do "
+                    "not catch BaseException (or use a bare except) around all_reduce"
+                )
+            i = self.calls[rank]
+            self.calls[rank] += 1
+            self.bytes[rank] += tensor.numel() * tensor.element_size()
+            mine = tensor.detach().clone()
+            if i < len(sums):
+                if not _same_bits(mine, posted[i]):
+                    raise RuntimeError(
+                        f"rank {rank} sent all_reduce call {i + 1} a different tensor when its "
+                        "computation was repeated: the check replays each rank's forward and "
+                        "backward, so they must compute the same numbers every time (no "
+                        "randomness, no state kept between calls)"
+                    )
+                with torch.no_grad():
+                    tensor.copy_(sums[i])
+                return
+            if i >= self.max_calls:
+                raise RuntimeError(
+                    f"rank {rank} called all_reduce more than {self.max_calls} times"
+                )
+            state["stopped"] = True
+            posted.append(mine)
+            raise _Paused
+
+        return all_reduce
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """Run ``fn(rank, world_size, all_reduce, *args)`` on every rank; the results by rank.
+
+        An exception a rank raises (other than the interruption) is raised here, unchanged.
+        """
+        sums: list[torch.Tensor] = []
+        posted: list[list[torch.Tensor]] = [[] for _ in range(self.world_size)]
+        while True:
+            k = len(sums)
+            results: list[Any] = [None] * self.world_size
+            done: list[int] = []
+            for rank in range(self.world_size):
+                state = {"stopped": False}
+                self.calls[rank] = self.bytes[rank] = 0
+                all_reduce = self._all_reduce(rank, sums, posted[rank], state)
+                try:
+                    results[rank] = fn(rank, self.world_size, all_reduce, *args)
+                except _Paused:
+                    continue
+                if state["stopped"]:
+                    raise RuntimeError(
+                        f"rank {rank} returned although the check interrupted it inside "
+                        "all_reduce: do not catch BaseException (or use a bare except) around "
+                        "all_reduce"
+                    )
+                if self.calls[rank] != k:
+                    raise RuntimeError(
+                        f"rank {rank} called all_reduce {self.calls[rank]} times when its "
+                        f"computation was repeated, and {k} or more times before: the check "
+                        "replays each rank, so it must compute the same thing every time"
+                    )
+                done.append(rank)
+            if len(done) == self.world_size:
+                return results
+            if done:
+                more = [r for r in range(self.world_size) if r not in done]
+                raise RuntimeError(
+                    f"rank {done[0]} returned after {k} all_reduce call{'s' if k != 1 else ''} "
+                    f"while rank {more[0]} called all_reduce a {_ordinal(k + 1)} time: every "
+                    "rank must call all_reduce equally often (with real processes the others "
+                    "would wait for ever)"
+                )
+            latest = [p[k] for p in posted]
+            shapes = sorted({tuple(t.shape) for t in latest})
+            if len(shapes) != 1:
+                raise RuntimeError(
+                    f"all_reduce call {k + 1} got tensors of different shapes on different "
+                    f"ranks: {shapes}; every rank must reduce the same shape"
+                )
+            total = latest[0].clone()
+            for t in latest[1:]:
+                total += t  # in rank order: every rank gets the same bits
+            sums.append(total)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, dtype and values (NaN where the other has NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    return torch.equal(a, b)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def run_replayed(
+    fn: Callable[..., Any], world_size: int = 2, args: Sequence[Any] = ()
+) -> list[Any]:
+    """``fn(rank, world_size, all_reduce, *args)`` on ``world_size`` ranks in this thread, by
+    lockstep replay (:class:`ReplayGroup`); results by rank."""
+    return ReplayGroup(world_size).run(fn, *args)
 
 
 # ------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import seeds as seeding
 from ..data import load_mnist
 from ..models import make_mlp
 from .residual import ResidualMLP
@@ -65,7 +66,7 @@ def weight_gradient_norms(
         norm = "batch" if arch == "batch" else "none"
         model = make_mlp(depth=depth, width=width, norm=norm, init_scale=math.sqrt(2.0), seed=seed)
     data = load_mnist()
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeding.generator(seed)
     idx = torch.randperm(len(data.x_train), generator=gen)[:batch_size]
     model.train()
     F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import seeds as seeding
 from ..data import batches, load_mnist
 from ..models import make_mlp
 
@@ -74,7 +75,7 @@ def variance_errors(
     The activations are x = offset + N(0, 1), shape (n, d), drawn in float64; the truth is
     their float64 variance. Returns method -> (len(offsets),) array.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeding.generator(seed)
     out: dict[str, list[float]] = {m: [] for m in METHODS}
     for offset in offsets:
         x = torch.randn(n, d, generator=gen, dtype=torch.float64) + offset

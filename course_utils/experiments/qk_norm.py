@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import seeds as seeding
 from .transformer import Block, SelfAttention, TinyTransformer
 
 __all__ = [
@@ -122,7 +123,7 @@ def train_copy(
     the copy length n is half the model's sequence length."""
     vocab = model.head.out_features
     n = model.pos.shape[0] // 2
-    g = torch.Generator().manual_seed(seed)
+    g = seeding.generator(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=1e-4)
     warmup = max(1, round(warmup_frac * steps))
     losses, peaks = np.full(steps, np.nan), np.full(steps, np.nan)

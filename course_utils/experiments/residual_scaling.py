@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import seeds as seeding
 from .transformer import Block, TinyTransformer, reversal_batch, train_reversal
 
 __all__ = [
@@ -153,7 +154,7 @@ def compare_arms(
     """Train every arm with every seed on sequence reversal (Adam, no warm-up; lesson 07's
     task) and measure the residual stream on 64 sequences drawn with ``probe_seed``, before
     and after training."""
-    probe, _ = reversal_batch(64, seq_len, vocab, torch.Generator().manual_seed(probe_seed))
+    probe, _ = reversal_batch(64, seq_len, vocab, seeding.generator(probe_seed))
     loss, final, rms0, rms1 = {}, {}, {}, {}
     for arm in arms:
         runs, r0, r1 = [], [], []

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import seeds as seeding
 from ..data import batches, load_mnist
 from ..models import make_mlp
 from ..training import evaluate
@@ -120,7 +121,7 @@ def _statistics(rank: int, world_size: int, all_reduce: AllReduce, seed: int, pe
     """One forward and backward of the first batch-norm layer on this rank's slice."""
     data = load_mnist()
     model = _model(1, 16, seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeding.generator(seed)
     idx = torch.randperm(len(data.x_train), generator=gen)[: world_size * per]
     upstream = torch.randn(world_size * per, 16, generator=gen)
     mine = slice(rank * per, (rank + 1) * per)
