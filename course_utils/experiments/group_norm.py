@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import seeds as seeding
+from ..reference.stats import stat_groups
 from .small_batch import mnist14, sample_order
 
 __all__ = [
@@ -55,8 +56,6 @@ def draw_cubes(fig=None, n: int = 6, c: int = 6, hw: int = 4, groups: int = 2):
     whose blue entries share one mean and variance (those of sample 0 and channel 0).
     Returns the figure."""
     import matplotlib.pyplot as plt
-
-    from ..widgets.playground import stat_groups
 
     if fig is None:
         fig = plt.figure(figsize=(11, 3.2))
