@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import checks
-from .stats import StatLayout, normalize, normalize_backward, stat_layout
+from .stats import StatLayout, normalize, normalize_backward, rms_normalize, stat_layout
 
 __all__ = [
     "batch_norm",
@@ -300,11 +300,6 @@ def _rms_eps(dtype, eps):
     return float(np.finfo(np.float64 if dtype == np.float64 else np.float32).eps)
 
 
-def _inv_rms(xv: np.ndarray, eps: float) -> np.ndarray:
-    """``1 / sqrt(mean(x**2) + eps)`` per row of the ``(rows, d)`` view."""
-    return 1.0 / np.sqrt(np.square(xv).mean(axis=1, keepdims=True) + eps)
-
-
 def rms_norm(x, normalized_shape, weight=None, eps=None):
     """Root-mean-square normalization, like ``torch.nn.functional.rms_norm``.
 
@@ -332,8 +327,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
     if x.size == 0:
         return x.copy()
     layout = stat_layout("rms", x.shape, normalized_ndim=len(ns))
-    xv = x.astype(_ACC).reshape(layout.view)
-    y = xv * _inv_rms(xv, _rms_eps(x.dtype, eps))
+    y, _ = rms_normalize(x.astype(_ACC), layout, _rms_eps(x.dtype, eps))
     return _affine(y.reshape(x.shape), w, None, ns).astype(x.dtype, copy=False)
 
 
@@ -562,7 +556,7 @@ def rms_norm_backward(grad_out, x, normalized_shape, weight=None, eps=None):
         return _empty_grads(x, ns, 1)
     layout = stat_layout("rms", x.shape, normalized_ndim=len(ns))
     xv, gv = x.astype(_ACC).reshape(layout.view), g.reshape(layout.view)
-    r = _inv_rms(xv, _rms_eps(x.dtype, eps))
+    _, r = rms_normalize(xv, layout, _rms_eps(x.dtype, eps))
     grad_weight = (gv * xv * r).sum(axis=0).reshape(ns)
     gw = gv if w is None else gv * w.reshape(layout.param_shape)
     grad_x = (r * gw - xv * r**3 * (gw * xv).mean(axis=1, keepdims=True)).reshape(x.shape)

@@ -17,7 +17,8 @@ layer, rms    (rows, d)                 1             (1, d)
 (layer and RMS norm pool the trailing ``normalized_ndim`` dims, ``d`` values, of each of the
 ``rows`` leading positions; by default every dim but the first: one statistic per sample.)
 
-The formulas (:func:`moments`, :func:`normalize`, :func:`normalize_backward`) are written
+The formulas (:func:`moments`, :func:`normalize`, :func:`rms_normalize`,
+:func:`normalize_backward`) are written
 once for NumPy arrays and torch tensors alike (both take ``axis=`` / ``keepdims=``).
 :mod:`.functional` computes with them in float64; :mod:`.fused` uses the layouts for its
 autograd Functions; the playground widget and lesson 06's cube figure use
@@ -39,6 +40,7 @@ __all__ = [
     "Moments",
     "moments",
     "normalize",
+    "rms_normalize",
     "normalize_backward",
 ]
 
@@ -155,6 +157,17 @@ def normalize(x, layout: StatLayout, eps: float):
     stats = moments(x.reshape(layout.view), layout.dims)
     inv_std = 1.0 / (stats.var + eps) ** 0.5
     return stats.centered * inv_std, inv_std, stats
+
+
+def rms_normalize(x, layout: StatLayout, eps: float):
+    """``x / sqrt(mean(x**2) + eps)`` over the entries ``layout`` pools (no centring).
+
+    Returns ``(y, inv_rms)``: ``y`` in the view's shape and ``inv_rms = 1 / sqrt(mean(x**2)
+    + eps)`` with the view's dims kept.
+    """
+    xv = x.reshape(layout.view)
+    inv_rms = 1.0 / ((xv * xv).mean(axis=layout.dims, keepdims=True) + eps) ** 0.5
+    return xv * inv_rms, inv_rms
 
 
 def normalize_backward(dxhat, xhat, inv_std, dims: tuple[int, ...]):

@@ -25,7 +25,6 @@ import torch
 from matplotlib.patches import Polygon
 
 from ..data import load_mnist
-from ..reference import stats
 from ._base import CourseWidget, dropdown, int_slider, row, toggle
 from ._display import GREY, OKABE_ITO, FigureView, grid_positions, pin_labels, style, style_axes
 
@@ -56,6 +55,8 @@ def stat_groups(kind: str, shape: tuple[int, int, int, int], groups: int = 2) ->
         Ids run over C (batch), N (layer), N*C (instance) or N*G (group) values.
         (:func:`course_utils.reference.stats.stat_groups`, the course's one definition.)
     """
+    from ..reference import stats  # on first use: the grader's sandbox does not contain it
+
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return stats.stat_groups(kind, shape, groups)
@@ -73,6 +74,8 @@ def normalize(
         ids: (N, C, H, W) group ids from :func:`stat_groups`;
         mean, var: (groups,) each group's statistics, in the order of the ids.
     """
+    from ..reference import stats
+
     ids = stat_groups(kind, x.shape, groups)
     xhat, _, moments = stats.normalize(
         np.asarray(x, np.float64), stats.stat_layout(kind, x.shape, groups), eps
