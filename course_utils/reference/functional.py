@@ -95,6 +95,33 @@ def _channel_shape(ndim: int, c: int) -> tuple[int, ...]:
     return (1, c) + (1,) * (ndim - 2)
 
 
+def _channel_norm(x, kind, running_mean, running_var, use_input_stats, momentum, eps):
+    """Batch or instance norm of ``x`` (``kind``) in float64, without the affine part.
+
+    With the input's statistics, ``running_mean`` / ``running_var`` (when given) move
+    towards them in place: the mean over samples of each statistic's mean and of its
+    unbiased variance (batch norm has one statistic per channel, instance norm one per
+    sample and channel). Otherwise the running statistics normalize.
+    """
+    xd = x.astype(_ACC)
+    if not use_input_stats:
+        shape = _channel_shape(x.ndim, x.shape[1])
+        mean = np.asarray(running_mean, dtype=_ACC).reshape(shape)
+        var = np.asarray(running_var, dtype=_ACC).reshape(shape)
+        return (xd - mean) * (1.0 / np.sqrt(var + eps))
+    if running_mean is not None:
+        _check_inplace("running_mean", running_mean)
+        _check_inplace("running_var", running_var)
+    layout = stat_layout(kind, x.shape)
+    y, _, stats = normalize(xd, layout, eps)
+    if running_mean is not None:
+        count = int(np.prod([layout.view[d] for d in layout.dims]))  # values per statistic
+        unbiased = stats.var * (count / (count - 1))
+        _update_running(running_mean, stats.mean.mean(axis=0), momentum)
+        _update_running(running_var, unbiased.mean(axis=0), momentum)
+    return y
+
+
 def _affine(y: np.ndarray, w, b, shape) -> np.ndarray:
     """``y * w + b`` with either part optional, the parameters viewed as ``shape``."""
     if w is not None:
@@ -153,23 +180,8 @@ def batch_norm(
     w, b = _as_param(weight), _as_param(bias)
     vectors = {"running_mean": running_mean, "running_var": running_var, "weight": w, "bias": b}
     checks.check_channel_vectors(c, {k: _numel(v) for k, v in vectors.items()}, training)
-
-    shape = _channel_shape(x.ndim, c)
-    xd = x.astype(_ACC)
-    if training:
-        if running_mean is not None:
-            _check_inplace("running_mean", running_mean)
-            _check_inplace("running_var", running_var)
-        y, _, stats = normalize(xd, stat_layout("batch", x.shape), eps)
-        if running_mean is not None:
-            n = x.size // c
-            _update_running(running_mean, stats.mean, momentum)
-            _update_running(running_var, stats.var * (n / (n - 1)), momentum)
-    else:
-        mean = np.asarray(running_mean, dtype=_ACC).reshape(shape)
-        var = np.asarray(running_var, dtype=_ACC).reshape(shape)
-        y = (xd - mean) * (1.0 / np.sqrt(var + eps))
-    return _affine(y, w, b, shape).astype(x.dtype, copy=False)
+    y = _channel_norm(x, "batch", running_mean, running_var, training, momentum, eps)
+    return _affine(y, w, b, _channel_shape(x.ndim, c)).astype(x.dtype, copy=False)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -276,22 +288,8 @@ def instance_norm(
     vectors = {"running_mean": running_mean, "running_var": running_var, "weight": w, "bias": b}
     # torch repeats the per-channel vectors once per sample before checking their sizes
     checks.check_channel_vectors(c, {k: _numel(v) for k, v in vectors.items()}, repeat=n)
-
-    shape = _channel_shape(x.ndim, c)
-    xd = x.astype(_ACC)
-    if use_input_stats:
-        if running_mean is not None:
-            _check_inplace("running_mean", running_mean)
-            _check_inplace("running_var", running_var)
-        y, _, stats = normalize(xd, stat_layout("instance", x.shape), eps)
-        if running_mean is not None:
-            m = x[0, 0].size
-            _update_running(running_mean, stats.mean.mean(axis=0), momentum)
-            _update_running(running_var, (stats.var * (m / (m - 1))).mean(axis=0), momentum)
-    else:
-        var = np.asarray(running_var, dtype=_ACC).reshape(shape)
-        y = (xd - np.asarray(running_mean, dtype=_ACC).reshape(shape)) * (1.0 / np.sqrt(var + eps))
-    return _affine(y, w, b, shape).astype(x.dtype, copy=False)
+    y = _channel_norm(x, "instance", running_mean, running_var, use_input_stats, momentum, eps)
+    return _affine(y, w, b, _channel_shape(x.ndim, c)).astype(x.dtype, copy=False)
 
 
 def _rms_eps(dtype, eps):

@@ -41,6 +41,30 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 
+def _affine_parameters(
+    module: nn.Module, shape, affine: bool, bias: bool | None, factory_kwargs: dict
+) -> None:
+    """Register ``weight`` (and ``bias`` when ``bias``) of ``shape`` if ``affine``, else
+    ``None``, as torch's normalization layers do (``bias=None``: the layer has no bias at
+    all, like ``RMSNorm``); the values come from :func:`_reset_affine`."""
+    module.register_parameter(
+        "weight", Parameter(torch.empty(shape, **factory_kwargs)) if affine else None
+    )
+    if bias is not None:
+        with_bias = affine and bias
+        module.register_parameter(
+            "bias", Parameter(torch.empty(shape, **factory_kwargs)) if with_bias else None
+        )
+
+
+def _reset_affine(module: nn.Module) -> None:
+    """Weight to 1, bias to 0 (those that exist)."""
+    if module.weight is not None:
+        init.ones_(module.weight)
+    if getattr(module, "bias", None) is not None:
+        init.zeros_(module.bias)
+
+
 class _NormBase(nn.Module):
     """Parameters, buffers and state-dict handling shared by BatchNorm and InstanceNorm."""
 
@@ -65,15 +89,7 @@ class _NormBase(nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        if self.affine:
-            self.weight = Parameter(torch.empty(num_features, **factory_kwargs))
-            if bias:
-                self.bias = Parameter(torch.empty(num_features, **factory_kwargs))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, num_features, affine, bias, factory_kwargs)
         if self.track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
             self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
@@ -96,10 +112,7 @@ class _NormBase(nn.Module):
     def reset_parameters(self) -> None:
         """Reset the running statistics, weight to 1 and bias to 0."""
         self.reset_running_stats()
-        if self.affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
+        _reset_affine(self)
 
     def _check_input_dim(self, input: Tensor) -> None:
         raise NotImplementedError
@@ -394,23 +407,12 @@ class LayerNorm(nn.Module):
         self.normalized_shape = as_normalized_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if self.elementwise_affine:
-            self.weight = Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            if bias:
-                self.bias = Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, self.normalized_shape, elementwise_affine, bias, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Weight to 1, bias to 0."""
-        if self.elementwise_affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
         return fused.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -468,23 +470,12 @@ class GroupNorm(nn.Module):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        if self.affine:
-            self.weight = Parameter(torch.empty(num_channels, **factory_kwargs))
-            if bias:
-                self.bias = Parameter(torch.empty(num_channels, **factory_kwargs))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, num_channels, affine, bias, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Weight to 1, bias to 0."""
-        if self.affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
         return fused.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
@@ -530,16 +521,12 @@ class RMSNorm(nn.Module):
         self.normalized_shape = as_normalized_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if self.elementwise_affine:
-            self.weight = Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
+        _affine_parameters(self, self.normalized_shape, elementwise_affine, None, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Weight to 1."""
-        if self.elementwise_affine:
-            init.ones_(self.weight)
+        _reset_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return fused.rms_norm(x, self.normalized_shape, self.weight, self.eps)
