@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "time_norms",
     "recall_batch",
     "NormRNN",
+    "RNNMember",
     "RNNSweep",
     "rnn_sweep",
     "sweep_matches_module",
@@ -257,16 +259,26 @@ def _rnn_init(vocab: int, hidden: int, gain: float, seed: int):
     return w_x, w_h, w_o
 
 
+class RNNMember(NamedTuple):
+    """The settings of one network of :func:`rnn_sweep`."""
+
+    norm: str
+    gain: float
+    lr: float
+    seed: int
+
+
 @dataclass
 class RNNSweep:
     """What :func:`rnn_sweep` measured.
 
-    ``members``: (norm, gain, lr, seed) per trained network; ``loss``: training loss per step,
-    array (steps, K) (every batch is fresh random data, so it is also the loss on unseen
-    sequences); ``accuracy``: recall accuracy per step, (steps, K).
+    ``members``: a :class:`RNNMember` (norm, gain, lr, seed) per trained network;
+    ``loss``: training loss per step, array (steps, K) (every batch is fresh random data,
+    so it is also the loss on unseen sequences); ``accuracy``: recall accuracy per step on
+    that batch, (steps, K).
     """
 
-    members: list[tuple[str, float, float, int]]
+    members: list[RNNMember]
     loss: np.ndarray
     accuracy: np.ndarray
     seconds: float = 0.0
@@ -281,10 +293,12 @@ class RNNSweep:
         """The learning rate with the lowest final loss (mean over seeds) for this norm and
         gain, and the member indices of that learning rate's seeds."""
         fin = self.final()
-        lrs = sorted({m[2] for m in self.members if m[0] == norm and m[1] == gain})
+        lrs = sorted({m.lr for m in self.members if (m.norm, m.gain) == (norm, gain)})
         scores = []
         for lr in lrs:
-            idx = [i for i, m in enumerate(self.members) if m[:3] == (norm, gain, lr)]
+            idx = [
+                i for i, m in enumerate(self.members) if (m.norm, m.gain, m.lr) == (norm, gain, lr)
+            ]
             scores.append((float(np.mean(fin[idx])), lr, np.array(idx)))
         _, lr, idx = min(scores, key=lambda s: s[0])
         return lr, idx
@@ -328,14 +342,14 @@ def rnn_sweep(
     """
     t0 = time.perf_counter()
     members = [
-        (nm, float(g), float(lr), int(s))
+        RNNMember(nm, float(g), float(lr), int(s))
         for nm in norms
         for g in gains
         for lr in lrs
         for s in seeds
     ]
-    nets = [NormRNN(vocab, hidden, nm, g, delay, s) for nm, g, _, s in members]
-    opt = MemberOptimizer(Ensemble(nets, input_dim=2), [m[2] for m in members], "adam")
+    nets = [NormRNN(vocab, hidden, m.norm, m.gain, delay, m.seed) for m in members]
+    opt = MemberOptimizer(Ensemble(nets, input_dim=2), [m.lr for m in members], "adam")
     gen = seeding.generator(data_seed)
     batches = (recall_batch(batch_size, seq_len, vocab, delay, gen) for _ in range(steps))
     losses, accs = train_members(opt, batches, batch_accuracy=True)

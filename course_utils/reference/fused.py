@@ -335,14 +335,14 @@ class LayerNormFunction(torch.autograd.Function):
         b = _as_param(bias, (d,), x.dtype)
         y, mean, rstd = _layer_norm_forward(x2, w, b, eps)
         ctx.save_for_backward(x2, mean, rstd, w)
-        ctx.shapes = (x.shape, None if weight is None else weight.shape)
+        ctx.x_shape, ctx.weight_shape = x.shape, None if weight is None else weight.shape
         return y.reshape(x.shape)
 
     @staticmethod
     @_first_order_only
     def backward(ctx, grad_y):
         x2, mean, rstd, w = ctx.saved_tensors
-        x_shape, p_shape = ctx.shapes
+        x_shape, p_shape = ctx.x_shape, ctx.weight_shape
         d = x2.size(1)
         go = grad_y.reshape(x2.shape)
         grad_x = grad_w = grad_b = None
@@ -397,14 +397,14 @@ class RMSNormFunction(torch.autograd.Function):
         w = _as_param(weight, (d,), x.dtype)
         y, rstd = _rms_norm_forward(x2, w, eps, round_to)
         ctx.save_for_backward(x2, rstd, w)
-        ctx.shapes = (x.shape, None if weight is None else weight.shape)
+        ctx.x_shape, ctx.weight_shape = x.shape, None if weight is None else weight.shape
         return y.reshape(x.shape)
 
     @staticmethod
     @_first_order_only
     def backward(ctx, grad_y):
         x2, rstd, w = ctx.saved_tensors
-        x_shape, p_shape = ctx.shapes
+        x_shape, p_shape = ctx.x_shape, ctx.weight_shape
         d = x2.size(1)
         go = grad_y.reshape(x2.shape)
         grad_x = grad_w = None

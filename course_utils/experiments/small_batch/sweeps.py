@@ -97,15 +97,11 @@ def batch_size_sweep(
     for b in sizes:
         lrs = _lr_grid(b, base_lrs)
         res.lrs[b] = lrs
-        members = [(kd, lr, s) for kd in kinds for lr in lrs for s in seeds]
-        ens = MLPEnsemble(
-            [m[0] for m in members],
-            [m[1] for m in members],
-            [m[2] for m in members],
-            width=width,
-            ghost=ghost,
+        member_kinds, member_lrs, member_seeds = zip(
+            *[(kd, lr, s) for kd in kinds for lr in lrs for s in seeds]
         )
-        train_ensemble(ens, data.x_train, data.y_train, b, samples, [m[2] for m in members])
+        ens = MLPEnsemble(member_kinds, member_lrs, member_seeds, width=width, ghost=ghost)
+        train_ensemble(ens, data.x_train, data.y_train, b, samples, member_seeds)
         val = ens.accuracy(data.x_val, data.y_val)  # 0 for a diverged member
         test = ens.accuracy(data.x_test, data.y_test)
         shape = (len(kinds), len(lrs), len(seeds))
@@ -249,15 +245,17 @@ def regularization_experiment(
     x, y = data.x_train[:n_train], data.y_train[:n_train]
     arms = [("none", 0.0), ("dropout", dropout), ("layer", 0.0), ("batch", 0.0)]
     kinds = {"none": "none", "dropout": "none", "layer": "layer", "batch": "batch"}
-    members = [(a, lr, s) for a, _ in arms for lr in base_lrs for s in seeds]
-    ens = MLPEnsemble(
-        [kinds[m[0]] for m in members],
-        [m[1] for m in members],
-        [m[2] for m in members],
-        width=width,
-        dropout=[dict(arms)[m[0]] for m in members],
+    member_arms, member_lrs, member_seeds = zip(
+        *[(a, lr, s) for a, _ in arms for lr in base_lrs for s in seeds]
     )
-    train_ensemble(ens, x, y, batch_size, n_train * epochs, [m[2] for m in members])
+    ens = MLPEnsemble(
+        [kinds[a] for a in member_arms],
+        member_lrs,
+        member_seeds,
+        width=width,
+        dropout=[dict(arms)[a] for a in member_arms],
+    )
+    train_ensemble(ens, x, y, batch_size, n_train * epochs, member_seeds)
     tr, te = ens.accuracy(x, y), ens.accuracy(data.x_test, data.y_test)  # 0 when diverged
     vl, tl = ens.loss(data.x_val, data.y_val), ens.loss(data.x_test, data.y_test)  # inf then
     shape = (len(arms), len(base_lrs), len(seeds))
