@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 
-__all__ = ["WORKLOADS", "run_once", "main"]
+__all__ = ["WORKLOADS", "run_once", "markdown", "main"]
 
 #: name -> (lesson, the call, what it trains)
 WORKLOADS = {
@@ -97,25 +97,35 @@ def run_once(name: str, tree: str | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def markdown(repeat: int = 3, names: list[str] | None = None, tree: str | None = None) -> str:
+    """Run the workloads ``repeat`` times each, in turn; a markdown table of the medians."""
+    names = names or list(WORKLOADS)
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for _ in range(repeat):  # round robin: a busy moment slows every workload alike
+        for n in names:
+            runs[n].append(run_once(n, tree))
+    rows = [
+        "| workload | trains | CPU s (median) | wall s (median) | peak RSS MB (+ over imports) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for n in names:
+        cpu = statistics.median(r["cpu"] for r in runs[n])
+        wall = statistics.median(r["wall"] for r in runs[n])
+        rss = max(r["rss"] for r in runs[n])
+        extra = max(r["rss"] - r["rss_before"] for r in runs[n])
+        rows.append(
+            f"| {n} | {WORKLOADS[n][2]} | {cpu:.2f} | {wall:.2f} | {rss:.0f} (+{extra:.0f}) |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tree", default=None, help="another checkout to run the calls on")
     parser.add_argument("--only", nargs="*", default=None, help="workload names to run")
     args = parser.parse_args(argv)
-    names = args.only or list(WORKLOADS)
-    runs: dict[str, list[dict]] = {n: [] for n in names}
-    for _ in range(args.repeat):  # round robin: a busy moment slows every workload alike
-        for n in names:
-            runs[n].append(run_once(n, args.tree))
-    print("| workload | trains | CPU s (median) | wall s (median) | peak RSS MB (+ over imports) |")
-    print("| --- | --- | --- | --- | --- |")
-    for n in names:
-        cpu = statistics.median(r["cpu"] for r in runs[n])
-        wall = statistics.median(r["wall"] for r in runs[n])
-        rss = max(r["rss"] for r in runs[n])
-        extra = max(r["rss"] - r["rss_before"] for r in runs[n])
-        print(f"| {n} | {WORKLOADS[n][2]} | {cpu:.2f} | {wall:.2f} | {rss:.0f} (+{extra:.0f}) |")
+    print(markdown(args.repeat, args.only, args.tree))
 
 
 if __name__ == "__main__":
