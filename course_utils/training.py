@@ -188,8 +188,11 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> 
     here a momentum of ``1 / (i + 1)`` for batch ``i``, which also works on an
     :class:`~course_utils.ensemble.Ensemble`). A last batch shorter than ``batch_size``
     is left out when there is a full one, so that no batch counts more than its samples
-    justify. Afterwards every layer's momentum and every module's train/eval mode are as
-    they were (a batch norm frozen in eval mode stays frozen); weights are not changed.
+    justify. Only the layers with running statistics switch to training mode; every other
+    module keeps its mode, so a model in eval mode is recalibrated on what eval mode
+    computes (dropout off: no variance shift). Afterwards every layer's momentum and every
+    module's mode are as they were (a batch norm frozen in eval mode stays frozen); weights
+    are not changed.
 
     Args:
         model: any module, in any mode; every layer that keeps running statistics
@@ -214,7 +217,7 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> 
     try:
         for m in layers:
             m.reset_running_stats()
-        model.train()
+            m.train()
         for i, start in enumerate(range(0, stop, batch_size)):
             for m in layers:
                 m.momentum = 1.0 / (i + 1)  # cumulative average: every batch counts equally

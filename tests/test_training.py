@@ -63,3 +63,17 @@ def test_recalibrate_bn_with_fewer_samples_than_a_batch_uses_them_all():
         z = model.blocks[0].linear(x)
     torch.testing.assert_close(model.blocks[0].norm.running_mean, z.mean(0))
     assert not model.training
+
+
+def test_recalibrate_bn_keeps_the_other_modules_mode():
+    from torch import nn
+
+    from course_utils.training import recalibrate_bn
+
+    model = nn.Sequential(nn.Linear(6, 4), nn.Dropout(0.5), nn.BatchNorm1d(4)).eval()
+    x = torch.randn(40, 6) * 3
+    recalibrate_bn(model, x, batch_size=20)  # dropout stays off: eval mode's statistics
+    with torch.no_grad():
+        z = model[0](x)
+    torch.testing.assert_close(model[2].running_mean, z.mean(0))
+    assert not model.training and not model[1].training and not model[2].training
