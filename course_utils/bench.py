@@ -38,7 +38,7 @@ __all__ = [
     "main",
 ]
 
-SECTIONS = ("notebooks", "reference", "threads", "widgets", "grader", "install")
+SECTIONS = ("notebooks", "reference", "threads", "ensemble", "widgets", "grader", "install")
 
 
 def time_call(fn: Callable[[], object], repeat: int = 5, min_time: float = 0.05) -> float:
@@ -291,6 +291,15 @@ def report(results: dict, notes: dict[str, str] | None = None) -> str:
             notes.get("threads", ""),
             "",
         ]
+    if "ensemble" in results:
+        out += [
+            "## Ensemble engine on the lessons' sweeps (`python -m course_utils.bench_ensemble`)",
+            "",
+            results["ensemble"],
+            "",
+            notes.get("ensemble", ""),
+            "",
+        ]
     if "widgets" in results:
         out += ["## Live widgets", "", results["widgets"], "", notes.get("widgets", ""), ""]
     if "grader" in results:
@@ -340,6 +349,10 @@ def run(sections: list[str]) -> dict:
             results[section] = bench_reference()
         elif section == "threads":
             results[section] = bench_threads()
+        elif section == "ensemble":
+            from .bench_ensemble import markdown
+
+            results[section] = markdown()
         elif section == "widgets":
             from .widgets.bench import bench_widgets_markdown
 

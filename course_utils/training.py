@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +12,15 @@ from torch import nn
 from .data import MNISTSplit, batches
 from .seeds import set_seed
 
-__all__ = ["set_seed", "evaluate", "History", "train", "make_optimizer"]
+__all__ = [
+    "set_seed",
+    "evaluate",
+    "History",
+    "steps_to",
+    "train",
+    "make_optimizer",
+    "recalibrate_bn",
+]
 
 
 @torch.no_grad()
@@ -96,10 +104,16 @@ class History:
 
     def steps_to(self, acc: float) -> int | None:
         """First evaluated step at which test accuracy reached ``acc``, or None."""
-        for s, a in zip(self.eval_steps, self.test_acc):
-            if a >= acc:
-                return s
-        return None
+        return steps_to(self.eval_steps, self.test_acc, acc)
+
+
+def steps_to(eval_steps: Sequence[int], accuracies: Sequence[float], acc: float) -> int | None:
+    """The first of ``eval_steps`` whose accuracy (``accuracies``, same length) is at least
+    ``acc``; None if none is."""
+    for step, a in zip(eval_steps, accuracies, strict=True):
+        if a >= acc:
+            return step
+    return None
 
 
 def train(
@@ -162,3 +176,55 @@ def train(
         hist.test_loss.append(tl)
         hist.test_acc.append(ta)
     return hist
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> nn.Module:
+    """Re-estimate every batch-norm layer's running statistics on the inputs ``x``
+    ("precise BN"): their plain average over the batches ``x[i : i + batch_size]``.
+
+    Each layer's running statistics are reset, then the batches pass through in training
+    mode, without gradients, each batch counting equally (what ``momentum=None`` does:
+    here a momentum of ``1 / (i + 1)`` for batch ``i``, which also works on an
+    :class:`~course_utils.ensemble.Ensemble`). A last batch shorter than ``batch_size``
+    is left out when there is a full one, so that no batch counts more than its samples
+    justify. Only the layers with running statistics switch to training mode; every other
+    module keeps its mode, so a model in eval mode is recalibrated on what eval mode
+    computes (dropout off: no variance shift). Afterwards every layer's momentum and every
+    module's mode are as they were (a batch norm frozen in eval mode stays frozen); weights
+    are not changed.
+
+    Args:
+        model: any module, in any mode; every layer that keeps running statistics
+            (``torch.nn``'s and :mod:`course_utils.reference`'s batch norms, instance
+            norms with ``track_running_stats=True``) is recalibrated.
+        x: (N, ...) inputs the model accepts; no labels needed.
+        batch_size: samples per batch.
+    Returns:
+        ``model``, with its new running statistics.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    layers = [
+        m
+        for m in model.modules()
+        if getattr(m, "track_running_stats", False) and hasattr(m, "reset_running_stats")
+    ]
+    momenta = [m.momentum for m in layers]
+    modes = [(m, m.training) for m in model.modules()]
+    n = len(x)
+    stop = n - n % batch_size if n >= batch_size else n
+    try:
+        for m in layers:
+            m.reset_running_stats()
+            m.train()
+        for i, start in enumerate(range(0, stop, batch_size)):
+            for m in layers:
+                m.momentum = 1.0 / (i + 1)  # cumulative average: every batch counts equally
+            model(x[start : start + batch_size])
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        for m, training in modes:
+            m.training = training
+    return model

@@ -36,7 +36,7 @@ EXERCISES = {
 ALL_IDS = [i for ids in EXERCISES.values() for i in ids]
 
 # ------------------------------------------------------------------------------------------
-# lesson 04: the NumPy ensemble and the torch helpers
+# lesson 04: data and the torch helpers (the ensembles: tests/test_ensemble.py)
 # ------------------------------------------------------------------------------------------
 
 
@@ -46,23 +46,6 @@ def test_mnist14_split_shapes_and_standardization():
     assert d.x_test.shape == (2000, 196) and d.x_train.dtype == np.float32
     assert abs(float(d.x_train.mean())) < 1e-3 and abs(float(d.x_train.std()) - 1) < 1e-3
     assert S.mnist14(images=True).x_train.shape == (7000, 1, 14, 14)
-
-
-def test_ensemble_step_matches_torch_nn():
-    assert S.ensemble_matches_torch() < 1e-3
-
-
-def test_ensemble_members_are_independent_and_renorm_at_limit_1_0_is_batch_norm():
-    d = S.mnist14()
-    x, y = d.x_train, d.y_train
-    kinds = ["batch", "renorm", "layer"]
-    a = S.MLPEnsemble(kinds, [0.05] * 3, [0, 0, 1], rmax=1.0, dmax=0.0)
-    S.train_ensemble(a, x, y, 8, 160, [0, 0, 1])
-    for p_bn, p_rn in ((a.W[0][0], a.W[0][1]), (a.gamma[1][0], a.gamma[1][1])):
-        np.testing.assert_allclose(p_bn, p_rn, atol=1e-5)
-    alone = S.MLPEnsemble(["layer"], [0.05], [1])
-    S.train_ensemble(alone, x, y, 8, 160, [1])
-    np.testing.assert_allclose(alone.W[0][0], a.W[0][2], atol=1e-5)
 
 
 def test_ghost_batch_norm_equals_batch_norm_for_one_ghost_batch():
@@ -132,10 +115,6 @@ def test_freeze_bn_statistics_keeps_affine_learning():
 # ------------------------------------------------------------------------------------------
 
 
-def test_rnn_sweep_matches_separate_modules():
-    assert Q.sweep_matches_module() < 1e-5
-
-
 def test_batch_dependence_and_invariances():
     dep = Q.batch_dependence(n=8, d=8, trials=2)
     assert dep["layer"] < 1e-6 and dep["rms"] < 1e-6 and dep["batch"] > 0.1
@@ -166,23 +145,6 @@ def test_time_norms_reports_every_timing():
 # ------------------------------------------------------------------------------------------
 # lesson 06
 # ------------------------------------------------------------------------------------------
-
-
-def test_cnn_ensemble_matches_torch_nn():
-    assert G.ensemble_matches_torch() < 1e-5
-
-
-def test_cnn_ensemble_eval_mode_uses_running_statistics():
-    members = [G.Member("batch", 0.1, 0), G.Member("group", 0.1, 0, groups=2)]
-    ens = G.CNNEnsemble(members, channels=(4, 4), image_size=8)
-    x = torch.randn(6, 1, 8, 8)
-    ens.train()
-    ens(x)
-    assert not torch.equal(ens.running_mean0[0], torch.zeros(4))
-    assert torch.equal(ens.running_mean0[1], torch.zeros(4))  # group norm keeps none
-    ens.eval()
-    a, b = ens(x[:1]), ens(x)[:, :1]
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # batch-independent in eval mode
 
 
 def test_contrast_images_identity_and_cubes():

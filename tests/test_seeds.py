@@ -106,7 +106,9 @@ def _draws():
         "badly_scaled_2d": badly_scaled_2d(n=5, seed=0)[0],
         "with_outliers": with_outliers(n=20, seed=0),
         "small_batch.sample_order": small_batch.sample_order(0, 50, 10),
-        "MLPEnsemble": small_batch.MLPEnsemble(["batch"], [0.1], [0], in_features=4).W[0],
+        "MLPEnsemble": next(
+            small_batch.MLPEnsemble(["batch"], [0.1], [0], in_features=4).parameters()
+        )[0],
         "covariate_shift.depth_profile": covariate_shift.depth_profile(x, depth=2, width=8)["std"],
         "sequence.batch_dependence": sequence.batch_dependence(n=4, d=4, trials=1)["batch"],
         "transformer": T.TinyTransformer(n_layers=1, d_model=8, n_heads=2, seq_len=4).pos,

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data import MNISTSplit
 from ..models import CNN, make_cnn, make_mlp
-from ..training import evaluate, train
+from ..training import evaluate, steps_to, train
 
 __all__ = [
     "Run",
@@ -70,10 +70,7 @@ class Run:
 
     def steps_to(self, acc: float) -> int | None:
         """First evaluated step with test accuracy >= acc (None: never)."""
-        for s, a in zip(self.eval_steps, self.test_acc):
-            if a >= acc:
-                return s
-        return None
+        return steps_to(self.eval_steps, self.test_acc, acc)
 
 
 def run(

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import seeds as seeding
+from .. import training
 from ..data import MNISTSplit
 from ..models import MLP, make_mlp
 from ..probes import ActivationProbe
@@ -221,35 +222,21 @@ def add_noise(
     return model
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> None:
-    """Recompute every batch norm's running statistics from ``x`` without injected noise.
-
-    Resets the running statistics, switches noise off, passes ``x`` through in training
-    mode with a cumulative average (``momentum=None``), then restores momentum and noise
-    settings. Needed after noisy training: the running statistics of later layers were
-    collected on noisy inputs that eval mode no longer produces.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> nn.Module:
+    """Recompute every batch norm's running statistics from ``x`` without injected noise:
+    :func:`course_utils.training.recalibrate_bn` with every :class:`NoisyBatchNorm`'s noise
+    switched off meanwhile. Needed after noisy training: the running statistics of later
+    layers were collected on noisy inputs that eval mode no longer produces. Returns the
+    model."""
     noisy = [m for m in model.modules() if isinstance(m, NoisyBatchNorm)]
-    saved_noise = [m.noise for m in noisy]
-    saved_momentum = [m.momentum for m in bns]
-    was_training = model.training
+    saved = [m.noise for m in noisy]
     for m in noisy:
         m.noise = False
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
     try:
-        for i in range(0, len(x) - batch_size + 1, batch_size):
-            model(x[i : i + batch_size])
+        return training.recalibrate_bn(model, x, batch_size)
     finally:
-        for m, n in zip(noisy, saved_noise):
-            m.noise = n
-        for m, mom in zip(bns, saved_momentum):
-            m.momentum = mom
-        model.train(was_training)
+        for m, noise in zip(noisy, saved):
+            m.noise = noise
 
 
 @dataclass

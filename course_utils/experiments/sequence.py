@@ -9,8 +9,9 @@
 - The sequence model: a vanilla RNN ``h_t = tanh(norm(W_x x_t + W_h h_{t-1} + b))`` (the
   normalization on the summed inputs, as in Ba et al.) on a delayed-recall task
   (:func:`recall_batch`: output, at every step, the token seen ``delay`` steps earlier).
-  :class:`NormRNN` is the readable torch module; :func:`rnn_sweep` trains many of them at once
-  (norm x recurrent-weight scale x learning rate x seed, batched along a member axis) with Adam.
+  :class:`NormRNN` is the torch module; :func:`rnn_sweep` trains many of them at once (norm x
+  recurrent-weight scale x learning rate x seed) with Adam, on the course's engine
+  (:mod:`course_utils.ensemble`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import seeds as seeding
+from ..ensemble import Ensemble, MemberOptimizer, train_members
 from .timing import median_times
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "time_norms",
     "recall_batch",
     "NormRNN",
+    "RNNMember",
     "RNNSweep",
     "rnn_sweep",
     "sweep_matches_module",
@@ -139,7 +143,7 @@ def time_norms(
     (:func:`~course_utils.experiments.timing.median_times`), so a busy moment slows all alike.
     Keys: ``"torch LN forward"``, ``"torch RMS forward"``, ``"torch LN fwd+bwd"``,
     ``"torch RMS fwd+bwd"`` (``nn.LayerNorm`` / ``nn.RMSNorm``), ``"numpy LN forward"``,
-    ``"numpy RMS forward"`` (the textbook NumPy formulas).
+    ``"numpy RMS forward"`` (the NumPy formulas of :mod:`course_utils.reference.stats`).
     """
     g = seeding.generator(seed)
     x = torch.randn(n, d, generator=g)
@@ -155,15 +159,16 @@ def time_norms(
         xg.grad = None
         m(xg).backward(grad)
 
+    from ..reference.stats import normalize, rms_normalize, stat_layout  # not in the sandbox
+
     xn = x.numpy()
+    rows = stat_layout("layer", xn.shape)  # one statistic per row: the same for RMS norm
 
     def np_ln():
-        mu = xn.mean(1, keepdims=True)
-        c = xn - mu
-        return c / np.sqrt((c * c).mean(1, keepdims=True) + 1e-5)
+        return normalize(xn, rows, 1e-5)[0]
 
     def np_rms():
-        return xn / np.sqrt((xn * xn).mean(1, keepdims=True) + 1e-6)
+        return rms_normalize(xn, rows, 1e-6)[0]
 
     return median_times(
         {
@@ -254,16 +259,26 @@ def _rnn_init(vocab: int, hidden: int, gain: float, seed: int):
     return w_x, w_h, w_o
 
 
+class RNNMember(NamedTuple):
+    """The settings of one network of :func:`rnn_sweep`."""
+
+    norm: str
+    gain: float
+    lr: float
+    seed: int
+
+
 @dataclass
 class RNNSweep:
     """What :func:`rnn_sweep` measured.
 
-    ``members``: (norm, gain, lr, seed) per trained network; ``loss``: training loss per step,
-    array (steps, K) (every batch is fresh random data, so it is also the loss on unseen
-    sequences); ``accuracy``: recall accuracy per step, (steps, K).
+    ``members``: a :class:`RNNMember` (norm, gain, lr, seed) per trained network;
+    ``loss``: training loss per step, array (steps, K) (every batch is fresh random data,
+    so it is also the loss on unseen sequences); ``accuracy``: recall accuracy per step on
+    that batch, (steps, K).
     """
 
-    members: list[tuple[str, float, float, int]]
+    members: list[RNNMember]
     loss: np.ndarray
     accuracy: np.ndarray
     seconds: float = 0.0
@@ -278,10 +293,12 @@ class RNNSweep:
         """The learning rate with the lowest final loss (mean over seeds) for this norm and
         gain, and the member indices of that learning rate's seeds."""
         fin = self.final()
-        lrs = sorted({m[2] for m in self.members if m[0] == norm and m[1] == gain})
+        lrs = sorted({m.lr for m in self.members if (m.norm, m.gain) == (norm, gain)})
         scores = []
         for lr in lrs:
-            idx = [i for i, m in enumerate(self.members) if m[:3] == (norm, gain, lr)]
+            idx = [
+                i for i, m in enumerate(self.members) if (m.norm, m.gain, m.lr) == (norm, gain, lr)
+            ]
             scores.append((float(np.mean(fin[idx])), lr, np.array(idx)))
         _, lr, idx = min(scores, key=lambda s: s[0])
         return lr, idx
@@ -318,78 +335,25 @@ def rnn_sweep(
 ) -> RNNSweep:
     """Train one :class:`NormRNN` per (norm, gain, lr, seed) with Adam, all at once.
 
-    The K networks are stacked along a leading member axis and run as one batched
-    computation (``torch.bmm``); each member has exactly the parameters, initialization and
-    arithmetic of a :class:`NormRNN` (checked by :func:`sweep_matches_module`) and its own
-    learning rate. Every member sees the same fresh random batches. Returns an
+    The K networks train together on the course's engine (:mod:`course_utils.ensemble`),
+    each with its own learning rate; :func:`sweep_matches_module` checks the result against
+    separately trained modules. Every member sees the same fresh random batches. Returns an
     :class:`RNNSweep`.
     """
     t0 = time.perf_counter()
     members = [
-        (nm, float(g), float(lr), int(s))
+        RNNMember(nm, float(g), float(lr), int(s))
         for nm in norms
         for g in gains
         for lr in lrs
         for s in seeds
     ]
-    k = len(members)
-    inits = [_rnn_init(vocab, hidden, g, s) for _, g, _, s in members]
-    params = {
-        "w_x": torch.stack([i[0] for i in inits]),
-        "w_h": torch.stack([i[1] for i in inits]),
-        "b": torch.zeros(k, 1, hidden),
-        "gamma": torch.ones(k, 1, hidden),
-        "beta": torch.zeros(k, 1, hidden),
-        "w_o": torch.stack([i[2] for i in inits]),
-        "b_o": torch.zeros(k, 1, vocab),
-    }
-    for p in params.values():
-        p.requires_grad_(True)
-    center = torch.tensor([m[0] == "layer" for m in members], dtype=torch.float32).view(k, 1, 1)
-    normed = torch.tensor([m[0] != "none" for m in members], dtype=torch.float32).view(k, 1, 1)
-    lr = torch.tensor([m[2] for m in members])
-    state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
+    nets = [NormRNN(vocab, hidden, m.norm, m.gain, delay, m.seed) for m in members]
+    opt = MemberOptimizer(Ensemble(nets, input_dim=2), [m.lr for m in members], "adam")
     gen = seeding.generator(data_seed)
-    losses, accs = [], []
-    for step in range(1, steps + 1):
-        x, y = recall_batch(batch_size, seq_len, vocab, delay, gen)
-        xin = params["w_x"][:, x]  # (K, N, T, H)
-        h = xin.new_zeros(k, batch_size, hidden)
-        outs = []
-        for t in range(seq_len):
-            a = xin[:, :, t] + torch.bmm(h, params["w_h"]) + params["b"]
-            # one formula for the three members' kinds: layer norm centres (center = 1), RMS
-            # norm does not, 'none' members skip the division and the gain (normed = 0)
-            c = a - a.mean(2, keepdim=True) * center
-            r = torch.rsqrt((c * c).mean(2, keepdim=True) + 1e-5) * normed + (1 - normed)
-            scale = params["gamma"] * normed + (1 - normed)
-            h = torch.tanh(c * r * scale + params["beta"] * center)
-            if t >= delay:
-                outs.append(h)
-        hs = torch.stack(outs, 2).reshape(k, -1, hidden)
-        logits = torch.baddbmm(params["b_o"], hs, params["w_o"])
-        target = y.reshape(1, -1).expand(k, -1)
-        ce = F.cross_entropy(logits.reshape(-1, vocab), target.reshape(-1), reduction="none")
-        loss = ce.view(k, -1).mean(1)
-        accs.append((logits.argmax(2) == target).float().mean(1).detach())
-        losses.append(loss.detach())
-        for p in params.values():
-            p.grad = None
-        torch.nan_to_num(loss, nan=0.0, posinf=0.0).sum().backward()
-        with torch.no_grad():  # Adam, with one learning rate per member
-            for name, p in params.items():
-                m, v = state[name]
-                g = torch.nan_to_num(p.grad)
-                m.mul_(0.9).add_(g, alpha=0.1)
-                v.mul_(0.999).addcmul_(g, g, value=0.001)
-                upd = (m / (1 - 0.9**step)) / ((v / (1 - 0.999**step)).sqrt() + 1e-8)
-                p.sub_(upd * lr.view((k,) + (1,) * (p.dim() - 1)))
-    return RNNSweep(
-        members,
-        torch.stack(losses).numpy(),
-        torch.stack(accs).numpy(),
-        seconds=time.perf_counter() - t0,
-    )
+    batches = (recall_batch(batch_size, seq_len, vocab, delay, gen) for _ in range(steps))
+    losses, accs = train_members(opt, batches, batch_accuracy=True)
+    return RNNSweep(members, losses.numpy(), accs.numpy(), seconds=time.perf_counter() - t0)
 
 
 def sweep_matches_module(steps: int = 3) -> float:

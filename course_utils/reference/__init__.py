@@ -7,12 +7,16 @@
 
 ``course_utils.reference.modules``
     ``torch.nn.Module`` versions (``BatchNorm1d``, ``BatchNorm2d``, ``LayerNorm``,
-    ``GroupNorm``, ``InstanceNorm1d``, ``InstanceNorm2d``, ``RMSNorm``) built from
-    primitive tensor operations, state-dict compatible with ``torch.nn``.
+    ``GroupNorm``, ``InstanceNorm1d``, ``InstanceNorm2d``, ``RMSNorm``), state-dict
+    compatible with ``torch.nn``, over ``course_utils.reference.fused``: the same
+    functions on torch tensors, built from primitive operations as autograd Functions
+    with closed-form backward passes.
 
-Neither module calls torch's own normalization kernels.
+Shared by both: ``stats`` (which entries share a mean and variance, and the formulas) and
+``checks`` (torch's argument checks and error messages). None of them calls torch's own
+normalization kernels.
 """
 
-from . import functional, modules
+from . import checks, functional, fused, modules, stats
 
-__all__ = ["functional", "modules"]
+__all__ = ["checks", "functional", "fused", "modules", "stats"]

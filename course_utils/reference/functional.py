@@ -20,15 +20,17 @@ Conventions
 * Running statistics (``running_mean``, ``running_var``) are NumPy arrays updated in
   place, as torch updates its buffers in place.
 
+Which entries share a statistic, and the formulas, come from :mod:`.stats`; the argument
+checks (torch's messages) from :mod:`.checks`, shared with the torch reference modules.
 None of these functions calls torch.
 """
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Sequence
-
 import numpy as np
+
+from . import checks
+from .stats import StatLayout, normalize, normalize_backward, rms_normalize, stat_layout
 
 __all__ = [
     "batch_norm",
@@ -63,51 +65,12 @@ def _as_param(p) -> np.ndarray | None:
     return None if p is None else np.asarray(p, dtype=_ACC)
 
 
-def _as_grad(grad_out, x: np.ndarray) -> np.ndarray:
-    g = np.asarray(grad_out, dtype=_ACC)
-    if g.shape != x.shape:
-        raise ValueError(
-            f"grad_out has shape {_list(g.shape)} but the input x has shape {_list(x.shape)}"
-        )
-    return g
+def _numel(p) -> int | None:
+    return None if p is None else int(np.asarray(p).size)
 
 
-def _list(shape) -> str:
-    """Format a shape the way torch's C++ errors do: ``[2, 4]``."""
-    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
-
-
-def _torch_size(shape) -> str:
-    """Format a shape the way ``str(torch.Size)`` does: ``torch.Size([2, 4])``."""
-    return f"torch.Size({_list(shape)})"
-
-
-def _verify_batch_size(size: Sequence[int], shown: str) -> None:
-    """torch's ``_verify_batch_size``: more than one value per channel in training."""
-    prod = int(size[0]) if len(size) else 1
-    for s in size[2:]:
-        prod *= int(s)
-    if prod == 1:
-        raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size {shown}"
-        )
-
-
-def _verify_spatial_size(size: Sequence[int]) -> None:
-    """torch's ``_verify_spatial_size``: more than one spatial element per instance."""
-    prod = 1
-    for s in size[2:]:
-        prod *= int(s)
-    if prod == 1:
-        raise ValueError(
-            "Expected more than 1 spatial element when training, got input size "
-            f"{_torch_size(size)}"
-        )
-
-
-def _check_numel(name: str, expected: int, p: np.ndarray) -> None:
-    if p.size != expected:
-        raise RuntimeError(f"{name} should contain {expected} elements not {p.size}")
+def _shape(p) -> tuple[int, ...] | None:
+    return None if p is None else p.shape
 
 
 def _check_inplace(name: str, buf) -> None:
@@ -132,99 +95,40 @@ def _channel_shape(ndim: int, c: int) -> tuple[int, ...]:
     return (1, c) + (1,) * (ndim - 2)
 
 
-def _mean_centered_var(xd: np.ndarray, axes: tuple[int, ...]):
-    """Two-pass statistics: ``mean``, ``x - mean`` and the biased variance (keepdims)."""
-    mean = xd.mean(axis=axes, keepdims=True)
-    centered = xd - mean
-    var = np.square(centered).mean(axis=axes, keepdims=True)
-    return mean, centered, var
+def _channel_norm(x, kind, running_mean, running_var, use_input_stats, momentum, eps):
+    """Batch or instance norm of ``x`` (``kind``) in float64, without the affine part.
 
-
-def _normalize_backward(dxhat, xhat, inv_std, axes):
-    """Gradient through ``xhat = (x - mean(x)) / sqrt(var(x) + eps)`` over ``axes``.
-
-    ``dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))``.
+    With the input's statistics, ``running_mean`` / ``running_var`` (when given) move
+    towards them in place: the mean over samples of each statistic's mean and of its
+    unbiased variance (batch norm has one statistic per channel, instance norm one per
+    sample and channel). Otherwise the running statistics normalize.
     """
-    return inv_std * (
-        dxhat
-        - dxhat.mean(axis=axes, keepdims=True)
-        - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True)
-    )
+    xd = x.astype(_ACC)
+    if not use_input_stats:
+        shape = _channel_shape(x.ndim, x.shape[1])
+        mean = np.asarray(running_mean, dtype=_ACC).reshape(shape)
+        var = np.asarray(running_var, dtype=_ACC).reshape(shape)
+        return (xd - mean) * (1.0 / np.sqrt(var + eps))
+    if running_mean is not None:
+        _check_inplace("running_mean", running_mean)
+        _check_inplace("running_var", running_var)
+    layout = stat_layout(kind, x.shape)
+    y, _, stats = normalize(xd, layout, eps)
+    if running_mean is not None:
+        count = int(np.prod([layout.view[d] for d in layout.dims]))  # values per statistic
+        unbiased = stats.var * (count / (count - 1))
+        _update_running(running_mean, stats.mean.mean(axis=0), momentum)
+        _update_running(running_var, unbiased.mean(axis=0), momentum)
+    return y
 
 
-def _normalized_shape(normalized_shape) -> tuple[int, ...]:
-    if isinstance(normalized_shape, numbers.Integral):
-        return (int(normalized_shape),)
-    return tuple(int(s) for s in normalized_shape)
-
-
-def _check_trailing_shape(x, ns, weight, bias, *, rms: bool) -> None:
-    """torch's checks for layer_norm / rms_norm, in torch's order and wording."""
-    if len(ns) == 0:
-        raise RuntimeError(
-            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at "
-            "least one element, but got normalized_shape = []"
-        )
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and p.shape != ns:
-            raise RuntimeError(
-                f"Expected {name} to be of same shape as normalized_shape, but got {name} "
-                f"of shape {_list(p.shape)} and normalized_shape = {_list(ns)}"
-            )
-    if rms and x.ndim < len(ns):
-        raise ValueError(f"Input tensor must have at least {len(ns)} dimensions, but got {x.ndim}")
-    if x.ndim < len(ns) or x.shape[x.ndim - len(ns) :] != ns:
-        dims = ", ".join(str(s) for s in ns)
-        expected = f"[*{dims}]" if rms else f"[*, {dims}]"
-        raise RuntimeError(
-            f"Given normalized_shape={_list(ns)}, expected input with shape {expected}, "
-            f"but got input of size{_list(x.shape)}"
-        )
-
-
-def _check_bn_eps(eps: float, training: bool) -> None:
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-    if eps < 0.0:
-        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-
-
-def _check_bn_input(x: np.ndarray, training: bool, running_mean) -> None:
-    """Rank and batch-size checks of ``F.batch_norm``."""
-    if x.ndim < 2:
-        if training:
-            hi = max(x.ndim, 1)
-            raise IndexError(
-                f"Dimension out of range (expected to be in range of [{-hi}, {hi - 1}], but got 1)"
-            )
-        if running_mean is None:
-            raise RuntimeError("running_mean must be defined in evaluation mode")
-        raise RuntimeError(
-            f"running_mean should contain 0 elements not {np.asarray(running_mean).size}"
-        )
-    if training:
-        _verify_batch_size(x.shape, _torch_size(x.shape))
-
-
-def _check_gn_input(x: np.ndarray, num_groups: int, weight, bias) -> None:
-    """Checks of ``F.group_norm``, in torch's order and wording."""
-    if x.ndim < 2:
-        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {x.ndim}")
-    n, c = x.shape[:2]
-    size = [n * c // num_groups, num_groups] + list(x.shape[2:])
-    _verify_batch_size(size, _list(size))
-    if c % num_groups != 0:
-        raise RuntimeError(
-            "Expected number of channels in input to be divisible by num_groups, but got "
-            f"input of shape {_list(x.shape)} and num_groups={num_groups}"
-        )
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and (p.ndim != 1 or p.size != c):
-            raise RuntimeError(
-                f"Expected {name} to be a vector of size equal to the number of channels in "
-                f"input, but got {name} of shape {_list(p.shape)} and input of shape "
-                f"{_list(x.shape)}"
-            )
+def _affine(y: np.ndarray, w, b, shape) -> np.ndarray:
+    """``y * w + b`` with either part optional, the parameters viewed as ``shape``."""
+    if w is not None:
+        y = y * w.reshape(shape)
+    if b is not None:
+        y = y + b.reshape(shape)
+    return y
 
 
 # --------------------------------------------------------------------------------------
@@ -268,45 +172,16 @@ def batch_norm(
             with the wrong number of elements (torch's messages).
     """
     x = _as_input(x)
-    _check_bn_input(x, training, running_mean)
-    _check_bn_eps(eps, training)
+    checks.check_batch_norm_input(x.shape, training, _numel(running_mean))
+    checks.check_eps(eps, training)
     if x.size == 0:
         return x.copy()
     c = x.shape[1]
-    for name, p in (("running_mean", running_mean), ("running_var", running_var)):
-        if p is not None:
-            _check_numel(name, c, np.asarray(p))
-        elif not training:
-            raise RuntimeError(f"{name} must be defined in evaluation mode")
     w, b = _as_param(weight), _as_param(bias)
-    for name, p in (("weight", w), ("bias", b)):
-        if p is not None:
-            _check_numel(name, c, p)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must either both be None or neither be None")
-
-    shape = _channel_shape(x.ndim, c)
-    axes = (0,) + tuple(range(2, x.ndim))
-    xd = x.astype(_ACC)
-    if training:
-        if running_mean is not None:
-            _check_inplace("running_mean", running_mean)
-            _check_inplace("running_var", running_var)
-        mean, centered, var = _mean_centered_var(xd, axes)
-        if running_mean is not None:
-            n = x.size // c
-            _update_running(running_mean, mean, momentum)
-            _update_running(running_var, var * (n / (n - 1)), momentum)
-    else:
-        mean = np.asarray(running_mean, dtype=_ACC).reshape(shape)
-        var = np.asarray(running_var, dtype=_ACC).reshape(shape)
-        centered = xd - mean
-    y = centered * (1.0 / np.sqrt(var + eps))
-    if w is not None:
-        y = y * w.reshape(shape)
-    if b is not None:
-        y = y + b.reshape(shape)
-    return y.astype(x.dtype, copy=False)
+    vectors = {"running_mean": running_mean, "running_var": running_var, "weight": w, "bias": b}
+    checks.check_channel_vectors(c, {k: _numel(v) for k, v in vectors.items()}, training)
+    y = _channel_norm(x, "batch", running_mean, running_var, training, momentum, eps)
+    return _affine(y, w, b, _channel_shape(x.ndim, c)).astype(x.dtype, copy=False)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -329,19 +204,13 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
             matching it (torch's messages).
     """
     x = _as_input(x)
-    ns = _normalized_shape(normalized_shape)
+    ns = checks.as_normalized_shape(normalized_shape)
     w, b = _as_param(weight), _as_param(bias)
-    _check_trailing_shape(x, ns, w, b, rms=False)
+    checks.check_trailing_shape(x.shape, ns, _shape(w), _shape(b), rms=False)
     if x.size == 0:
         return x.copy()
-    axes = tuple(range(x.ndim - len(ns), x.ndim))
-    _, centered, var = _mean_centered_var(x.astype(_ACC), axes)
-    y = centered * (1.0 / np.sqrt(var + eps))
-    if w is not None:
-        y = y * w
-    if b is not None:
-        y = y + b
-    return y.astype(x.dtype, copy=False)
+    y, _, _ = normalize(x.astype(_ACC), stat_layout("layer", x.shape, normalized_ndim=len(ns)), eps)
+    return _affine(y.reshape(x.shape), w, b, ns).astype(x.dtype, copy=False)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
@@ -367,19 +236,12 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """
     x = _as_input(x)
     w, b = _as_param(weight), _as_param(bias)
-    _check_gn_input(x, num_groups, w, b)
+    checks.check_group_norm_input(x.shape, num_groups, _shape(w), _shape(b))
     if x.size == 0:
         return x.copy()
-    n, c = x.shape[:2]
-    grouped = x.astype(_ACC).reshape(n, num_groups, -1)
-    _, centered, var = _mean_centered_var(grouped, (2,))
-    y = (centered * (1.0 / np.sqrt(var + eps))).reshape(x.shape)
-    shape = _channel_shape(x.ndim, c)
-    if w is not None:
-        y = y * w.reshape(shape)
-    if b is not None:
-        y = y + b.reshape(shape)
-    return y.astype(x.dtype, copy=False)
+    y, _, _ = normalize(x.astype(_ACC), stat_layout("group", x.shape, num_groups), eps)
+    shape = _channel_shape(x.ndim, x.shape[1])
+    return _affine(y.reshape(x.shape), w, b, shape).astype(x.dtype, copy=False)
 
 
 def instance_norm(
@@ -417,56 +279,17 @@ def instance_norm(
             wrong sizes (torch checks ``N * C`` elements, as it repeats them per sample).
     """
     x = _as_input(x)
-    if use_input_stats:
-        _verify_spatial_size(x.shape)
-    if not use_input_stats and (running_mean is None or running_var is None):
-        raise RuntimeError(
-            "Expected running_mean and running_var to be defined when use_input_stats is false"
-        )
-    if x.ndim < 2:
-        raise IndexError(
-            f"Dimension out of range (expected to be in range of [{-max(x.ndim, 1)}, "
-            f"{max(x.ndim, 1) - 1}], but got 1)"
-        )
+    have_stats = running_mean is not None and running_var is not None
+    checks.check_instance_norm_input(x.shape, use_input_stats, have_stats)
     if x.size == 0:
         return x.copy()
     n, c = x.shape[:2]
     w, b = _as_param(weight), _as_param(bias)
-    for name, p in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", w),
-        ("bias", b),
-    ):
-        if p is not None and np.asarray(p).size != c:
-            # torch repeats the per-channel vectors once per sample before checking
-            raise RuntimeError(
-                f"{name} should contain {n * c} elements not {n * np.asarray(p).size}"
-            )
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must either both be None or neither be None")
-
-    shape = _channel_shape(x.ndim, c)
-    axes = tuple(range(2, x.ndim))
-    xd = x.astype(_ACC)
-    if use_input_stats:
-        if running_mean is not None:
-            _check_inplace("running_mean", running_mean)
-            _check_inplace("running_var", running_var)
-        mean, centered, var = _mean_centered_var(xd, axes)
-        if running_mean is not None:
-            m = x[0, 0].size
-            _update_running(running_mean, mean.mean(axis=0), momentum)
-            _update_running(running_var, (var * (m / (m - 1))).mean(axis=0), momentum)
-    else:
-        var = np.asarray(running_var, dtype=_ACC).reshape(shape)
-        centered = xd - np.asarray(running_mean, dtype=_ACC).reshape(shape)
-    y = centered * (1.0 / np.sqrt(var + eps))
-    if w is not None:
-        y = y * w.reshape(shape)
-    if b is not None:
-        y = y + b.reshape(shape)
-    return y.astype(x.dtype, copy=False)
+    vectors = {"running_mean": running_mean, "running_var": running_var, "weight": w, "bias": b}
+    # torch repeats the per-channel vectors once per sample before checking their sizes
+    checks.check_channel_vectors(c, {k: _numel(v) for k, v in vectors.items()}, repeat=n)
+    y = _channel_norm(x, "instance", running_mean, running_var, use_input_stats, momentum, eps)
+    return _affine(y, w, b, _channel_shape(x.ndim, c)).astype(x.dtype, copy=False)
 
 
 def _rms_eps(dtype, eps):
@@ -496,18 +319,14 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
         RuntimeError / ValueError: shapes that do not match (torch's messages).
     """
     x = _as_input(x)
-    ns = _normalized_shape(normalized_shape)
+    ns = checks.as_normalized_shape(normalized_shape)
     w = _as_param(weight)
-    _check_trailing_shape(x, ns, w, None, rms=True)
+    checks.check_trailing_shape(x.shape, ns, _shape(w), None, rms=True)
     if x.size == 0:
         return x.copy()
-    eps = _rms_eps(x.dtype, eps)
-    axes = tuple(range(x.ndim - len(ns), x.ndim))
-    xd = x.astype(_ACC)
-    y = xd * (1.0 / np.sqrt(np.square(xd).mean(axis=axes, keepdims=True) + eps))
-    if w is not None:
-        y = y * w
-    return y.astype(x.dtype, copy=False)
+    layout = stat_layout("rms", x.shape, normalized_ndim=len(ns))
+    y, _ = rms_normalize(x.astype(_ACC), layout, _rms_eps(x.dtype, eps))
+    return _affine(y.reshape(x.shape), w, None, ns).astype(x.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -515,9 +334,42 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
 # --------------------------------------------------------------------------------------
 
 
+def _backward_inputs(grad_out, x, weight):
+    """What every ``*_backward`` starts from: ``x`` (as the forward saw it), ``grad_out``
+    in float64 with ``x``'s shape, and the weight in float64 (or ``None``)."""
+    x = _as_input(x)
+    g = np.asarray(grad_out, dtype=_ACC)
+    if g.shape != x.shape:
+        raise ValueError(
+            f"grad_out has shape {checks.shape_text(g.shape)} but the input x has shape "
+            f"{checks.shape_text(x.shape)}"
+        )
+    return x, g, _as_param(weight)
+
+
 def _empty_grads(x, param_shape, n_params):
     zeros = np.zeros(param_shape, dtype=x.dtype)
     return (np.zeros_like(x),) + tuple(zeros.copy() for _ in range(n_params))
+
+
+def _norm_backward(g, x, w, layout: StatLayout, param_shape, eps):
+    """``(grad_x, grad_weight, grad_bias)`` of ``normalize(x, layout) * w + b``.
+
+    With ``xhat`` the normalized input and ``dxhat = g * w``, everything in the layout's
+    view: ``grad_bias = sum(g)`` and ``grad_weight = sum(g * xhat)`` over the dims along
+    which the parameters are constant (reshaped to ``param_shape``), and ``grad_x`` from
+    :func:`~.stats.normalize_backward`.
+    """
+    if x.size == 0:
+        return _empty_grads(x, param_shape, 2)
+    xhat, inv_std, _ = normalize(x.astype(_ACC), layout, eps)
+    gv = g.reshape(layout.view)
+    dims = layout.param_sum_dims
+    grad_bias = gv.sum(axis=dims).reshape(param_shape)
+    grad_weight = (gv * xhat).sum(axis=dims).reshape(param_shape)
+    dxhat = gv if w is None else gv * w.reshape(layout.param_shape)
+    grad_x = normalize_backward(dxhat, xhat, inv_std, layout.dims).reshape(x.shape)
+    return tuple(a.astype(x.dtype, copy=False) for a in (grad_x, grad_weight, grad_bias))
 
 
 def batch_norm_backward(grad_out, x, weight=None, eps=1e-5):
@@ -541,25 +393,16 @@ def batch_norm_backward(grad_out, x, weight=None, eps=1e-5):
         ``(C,)``, in ``x``'s dtype. ``grad_weight``/``grad_bias`` are what they would be
         if the forward had a weight and a bias.
     """
-    x = _as_input(x)
-    g = _as_grad(grad_out, x)
-    _check_bn_input(x, True, None)
-    w = _as_param(weight)
+    x, g, w = _backward_inputs(grad_out, x, weight)
+    c = _check_batch_norm_backward(x, w)
+    return _norm_backward(g, x, w, stat_layout("batch", x.shape), (c,), eps)
+
+
+def _check_batch_norm_backward(x, w) -> int:
+    checks.check_batch_norm_input(x.shape, True, None)
     c = x.shape[1]
-    if w is not None:
-        _check_numel("weight", c, w)
-    if x.size == 0:
-        return _empty_grads(x, (c,), 2)
-    shape = _channel_shape(x.ndim, c)
-    axes = (0,) + tuple(range(2, x.ndim))
-    _, centered, var = _mean_centered_var(x.astype(_ACC), axes)
-    inv_std = 1.0 / np.sqrt(var + eps)
-    xhat = centered * inv_std
-    grad_bias = g.sum(axis=axes)
-    grad_weight = (g * xhat).sum(axis=axes)
-    dxhat = g if w is None else g * w.reshape(shape)
-    grad_x = _normalize_backward(dxhat, xhat, inv_std, axes)
-    return tuple(a.astype(x.dtype, copy=False) for a in (grad_x, grad_weight, grad_bias))
+    checks.check_channel_vectors(c, {"weight": _numel(w)})
+    return c
 
 
 def batch_norm_backward_graph(grad_out, x, weight=None, eps=1e-5):
@@ -589,13 +432,8 @@ def batch_norm_backward_graph(grad_out, x, weight=None, eps=1e-5):
     Returns:
         ``(grad_x, grad_weight, grad_bias)``: ``(N, C, *)``, ``(C,)``, ``(C,)``.
     """
-    x = _as_input(x)
-    g = _as_grad(grad_out, x)
-    _check_bn_input(x, True, None)
-    w = _as_param(weight)
-    c = x.shape[1]
-    if w is not None:
-        _check_numel("weight", c, w)
+    x, g, w = _backward_inputs(grad_out, x, weight)
+    c = _check_batch_norm_backward(x, w)
     if x.size == 0:
         return _empty_grads(x, (c,), 2)
     shape = _channel_shape(x.ndim, c)
@@ -645,24 +483,11 @@ def layer_norm_backward(grad_out, x, normalized_shape, weight=None, eps=1e-5):
         ``(grad_x, grad_weight, grad_bias)``: ``x.shape``, ``normalized_shape``,
         ``normalized_shape``.
     """
-    x = _as_input(x)
-    g = _as_grad(grad_out, x)
-    ns = _normalized_shape(normalized_shape)
-    w = _as_param(weight)
-    _check_trailing_shape(x, ns, w, None, rms=False)
-    if x.size == 0:
-        return _empty_grads(x, ns, 2)
-    k = len(ns)
-    axes = tuple(range(x.ndim - k, x.ndim))
-    lead = tuple(range(x.ndim - k))
-    _, centered, var = _mean_centered_var(x.astype(_ACC), axes)
-    inv_std = 1.0 / np.sqrt(var + eps)
-    xhat = centered * inv_std
-    grad_bias = g.sum(axis=lead)
-    grad_weight = (g * xhat).sum(axis=lead)
-    dxhat = g if w is None else g * w
-    grad_x = _normalize_backward(dxhat, xhat, inv_std, axes)
-    return tuple(a.astype(x.dtype, copy=False) for a in (grad_x, grad_weight, grad_bias))
+    x, g, w = _backward_inputs(grad_out, x, weight)
+    ns = checks.as_normalized_shape(normalized_shape)
+    checks.check_trailing_shape(x.shape, ns, _shape(w), None, rms=False)
+    layout = stat_layout("layer", x.shape, normalized_ndim=len(ns))
+    return _norm_backward(g, x, w, layout, ns, eps)
 
 
 def group_norm_backward(grad_out, x, num_groups, weight=None, eps=1e-5):
@@ -678,26 +503,10 @@ def group_norm_backward(grad_out, x, num_groups, weight=None, eps=1e-5):
     Returns:
         ``(grad_x, grad_weight, grad_bias)``: ``(N, C, *)``, ``(C,)``, ``(C,)``.
     """
-    x = _as_input(x)
-    g = _as_grad(grad_out, x)
-    w = _as_param(weight)
-    _check_gn_input(x, num_groups, w, None)
-    n, c = x.shape[:2]
-    if x.size == 0:
-        return _empty_grads(x, (c,), 2)
-    shape = _channel_shape(x.ndim, c)
-    red = (0,) + tuple(range(2, x.ndim))
-    grouped = x.astype(_ACC).reshape(n, num_groups, -1)
-    _, centered, var = _mean_centered_var(grouped, (2,))
-    inv_std = 1.0 / np.sqrt(var + eps)
-    xhat_g = centered * inv_std
-    xhat = xhat_g.reshape(x.shape)
-    grad_bias = g.sum(axis=red)
-    grad_weight = (g * xhat).sum(axis=red)
-    dxhat = g if w is None else g * w.reshape(shape)
-    grad_x = _normalize_backward(dxhat.reshape(n, num_groups, -1), xhat_g, inv_std, (2,))
-    grad_x = grad_x.reshape(x.shape)
-    return tuple(a.astype(x.dtype, copy=False) for a in (grad_x, grad_weight, grad_bias))
+    x, g, w = _backward_inputs(grad_out, x, weight)
+    checks.check_group_norm_input(x.shape, num_groups, _shape(w), None)
+    layout = stat_layout("group", x.shape, num_groups)
+    return _norm_backward(g, x, w, layout, (x.shape[1],), eps)
 
 
 def instance_norm_backward(grad_out, x, weight=None, eps=1e-5):
@@ -712,28 +521,11 @@ def instance_norm_backward(grad_out, x, weight=None, eps=1e-5):
     Returns:
         ``(grad_x, grad_weight, grad_bias)``: ``(N, C, *)``, ``(C,)``, ``(C,)``.
     """
-    x = _as_input(x)
-    g = _as_grad(grad_out, x)
-    _verify_spatial_size(x.shape)
-    w = _as_param(weight)
-    if x.ndim < 2:
-        raise IndexError("Dimension out of range (expected to be in range of [-1, 0], but got 1)")
+    x, g, w = _backward_inputs(grad_out, x, weight)
+    checks.check_instance_norm_input(x.shape, True, False)
     n, c = x.shape[:2]
-    if w is not None and w.size != c:
-        raise RuntimeError(f"weight should contain {n * c} elements not {n * w.size}")
-    if x.size == 0:
-        return _empty_grads(x, (c,), 2)
-    shape = _channel_shape(x.ndim, c)
-    axes = tuple(range(2, x.ndim))
-    red = (0,) + axes
-    _, centered, var = _mean_centered_var(x.astype(_ACC), axes)
-    inv_std = 1.0 / np.sqrt(var + eps)
-    xhat = centered * inv_std
-    grad_bias = g.sum(axis=red)
-    grad_weight = (g * xhat).sum(axis=red)
-    dxhat = g if w is None else g * w.reshape(shape)
-    grad_x = _normalize_backward(dxhat, xhat, inv_std, axes)
-    return tuple(a.astype(x.dtype, copy=False) for a in (grad_x, grad_weight, grad_bias))
+    checks.check_channel_vectors(c, {"weight": _numel(w)}, repeat=n)
+    return _norm_backward(g, x, w, stat_layout("instance", x.shape), (c,), eps)
 
 
 def rms_norm_backward(grad_out, x, normalized_shape, weight=None, eps=None):
@@ -755,20 +547,15 @@ def rms_norm_backward(grad_out, x, normalized_shape, weight=None, eps=None):
     Returns:
         ``(grad_x, grad_weight)``: ``x.shape`` and ``normalized_shape``.
     """
-    x = _as_input(x)
-    g = _as_grad(grad_out, x)
-    ns = _normalized_shape(normalized_shape)
-    w = _as_param(weight)
-    _check_trailing_shape(x, ns, w, None, rms=True)
+    x, g, w = _backward_inputs(grad_out, x, weight)
+    ns = checks.as_normalized_shape(normalized_shape)
+    checks.check_trailing_shape(x.shape, ns, _shape(w), None, rms=True)
     if x.size == 0:
         return _empty_grads(x, ns, 1)
-    eps = _rms_eps(x.dtype, eps)
-    k = len(ns)
-    axes = tuple(range(x.ndim - k, x.ndim))
-    lead = tuple(range(x.ndim - k))
-    xd = x.astype(_ACC)
-    r = 1.0 / np.sqrt(np.square(xd).mean(axis=axes, keepdims=True) + eps)
-    grad_weight = (g * xd * r).sum(axis=lead)
-    gw = g if w is None else g * w
-    grad_x = r * gw - xd * r**3 * (gw * xd).mean(axis=axes, keepdims=True)
+    layout = stat_layout("rms", x.shape, normalized_ndim=len(ns))
+    xv, gv = x.astype(_ACC).reshape(layout.view), g.reshape(layout.view)
+    _, r = rms_normalize(xv, layout, _rms_eps(x.dtype, eps))
+    grad_weight = (gv * xv * r).sum(axis=0).reshape(ns)
+    gw = gv if w is None else gv * w.reshape(layout.param_shape)
+    grad_x = (r * gw - xv * r**3 * (gw * xv).mean(axis=1, keepdims=True)).reshape(x.shape)
     return grad_x.astype(x.dtype, copy=False), grad_weight.astype(x.dtype, copy=False)
