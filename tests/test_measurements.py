@@ -137,3 +137,17 @@ def test_dropout_before_batch_norm_inflates_the_running_variance():
     before = variance_shift.variance_shift_experiment("before_bn", **kw)
     after = variance_shift.variance_shift_experiment("after_bn", **kw)
     assert before.shifted_ratio > 1.1 and abs(after.shifted_ratio - 1) < 0.1
+
+
+def test_time_samples_interleave_and_count_cpu_time_not_waiting():
+    import time
+
+    from course_utils.experiments.timing import CLOCK, median_times, time_samples
+
+    order = []
+    s = time_samples({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3, 2, 1)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up, then rounds in turn
+    assert s["a"].shape == (3,)
+    if CLOCK is time.thread_time:  # sleeping costs no CPU: a busy machine's waits don't count
+        t = median_times({"sleep": lambda: time.sleep(0.02), "spin": lambda: sum(range(20000))})
+        assert t["sleep"] < 0.005  # a wall clock would read 0.02

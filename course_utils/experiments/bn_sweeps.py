@@ -4,13 +4,11 @@
 - :func:`lr_sweep` / :func:`init_sweep`: grids of runs, one arm per ``norm``.
 - :func:`cnn_with_norm`: the course's small CNN with a batch-norm class of your choice
   (for training the lesson's from-scratch ``BatchNorm2d``).
-- :func:`time_call`: best-of-k wall time of a function call.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,7 +28,6 @@ __all__ = [
     "fastest_lr",
     "steps_to_target",
     "cnn_with_norm",
-    "time_call",
     "table",
     "BLOWUP_LOSS",
     "STABLE_ACC",
@@ -186,17 +183,6 @@ def cnn_with_norm(
     for block in model.blocks:
         block.norm = norm_cls(block.conv.out_channels)
     return model
-
-
-def time_call(fn: Callable[[], object], repeat: int = 5, number: int = 10) -> float:
-    """Best-of-``repeat`` mean wall time of ``fn()`` in seconds (over ``number`` calls)."""
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / number)
-    return best
 
 
 def table(runs: dict[str, list[Run]], key: str = "lr") -> str:

@@ -3,19 +3,20 @@
 - :func:`fold_model`: a copy of a model with every Linear/Conv -> BatchNorm pair of an
   ``nn.Sequential`` (the course's blocks are) folded into one layer, the batch norm replaced
   by ``nn.Identity``; uses the course's ``fold_bn``.
-- :func:`time_inference`: per-call wall times of several models on one input, interleaved so
+- :func:`time_inference`: per-call CPU times of several models on one input, interleaved so
   that a busy machine slows every model alike; :func:`median_ratio` summarises them.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
+
+from .timing import time_samples
 
 __all__ = ["fold_model", "count_batch_norms", "time_inference", "median_ratio"]
 
@@ -55,22 +56,16 @@ def fold_model(model: nn.Module) -> nn.Module:
 def time_inference(
     models: Mapping[str, nn.Module], x: torch.Tensor, repeats: int = 21, number: int = 3
 ) -> dict[str, np.ndarray]:
-    """Seconds per forward pass of each model on ``x``, ``repeats`` samples each.
+    """Seconds per forward pass of each model on ``x``: an array of ``repeats`` samples each.
 
-    Each sample times ``number`` calls; the models take turns sample by sample, so load
-    from other processes falls on all of them. Every model runs in eval mode.
+    Each sample times ``number`` calls; the models take turns sample by sample, on the CPU-time
+    clock of :func:`~course_utils.experiments.timing.time_samples`, so load from other
+    processes falls on all of them alike. Every model runs in eval mode.
     """
     for m in models.values():
         m.eval()
-        m(x)  # warm-up: first calls allocate
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, m in models.items():
-            start = time.perf_counter()
-            for _ in range(number):
-                m(x)
-            times[name].append((time.perf_counter() - start) / number)
-    return {name: np.array(t) for name, t in times.items()}
+    calls = {name: (lambda m=m: m(x)) for name, m in models.items()}
+    return time_samples(calls, repeat=repeats, number=number, warmup=1)
 
 
 def median_ratio(times: Mapping[str, np.ndarray], numerator: str, denominator: str) -> float:
