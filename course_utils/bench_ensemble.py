@@ -1,9 +1,9 @@
 """Benchmark of the ensemble engine on the sweeps the notebooks run (docs/benchmarks.md).
 
-Each workload is the exact call a lesson makes (lesson 04's batch-size, ghost and
-regularization sweeps, lesson 06's RNN sweep, lesson 07's CNN and MLP sweeps). Every run is
-a fresh process (so that its peak memory is its own), the workloads take turns (so that a
-busy moment slows all alike), and the figures are medians of CPU time (user + system),
+Each workload is the exact call a lesson makes (lesson 04's batch-size and ghost sweeps,
+lesson 05's regularization experiment, lesson 06's RNN sweep, lesson 07's CNN and MLP sweeps).
+Every run is a fresh process (so that its peak memory is its own), the workloads take turns (so
+that a busy moment slows all alike), and the figures are medians of CPU time (user + system),
 which a busy machine inflates far less than wall time.
 
     python -m course_utils.bench_ensemble [--repeat 3] [--tree PATH] [--only NAME ...]
@@ -37,7 +37,7 @@ WORKLOADS = {
         "sb.ghost_sweep(ghost_sizes=(16, 4, 2), batch_size=64, seeds=(0, 1, 2), samples=3000)",
         "3 x 9 MLPs, 138 steps",
     ),
-    "04 regularization": (
+    "05 regularization": (
         "small_batch",
         "sb.regularization_experiment(n_train=500, epochs=25, batch_size=32, dropout=0.3)",
         "36 MLPs, 390 steps",

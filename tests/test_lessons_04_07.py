@@ -1,4 +1,4 @@
-"""Unit tests for the machinery of lessons 04-06 and their exercises (fast: a few seconds)."""
+"""Unit tests for the machinery of lessons 04-07 and their exercises (fast: a few seconds)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from course_utils.experiments import sequence as Q
 from course_utils.experiments import small_batch as S
 
 EXERCISES = {
-    "04": ("04.GhostBatchNorm1d", "04.recalibrate_bn", "04.evaluate_accuracy"),
+    "04": ("04.GhostBatchNorm1d",),
+    "05": ("05.recalibrate_bn", "05.evaluate_accuracy"),
     "06": (
         "06.layer_norm_forward",
         "06.layer_norm_backward",
@@ -36,7 +37,7 @@ EXERCISES = {
 ALL_IDS = [i for ids in EXERCISES.values() for i in ids]
 
 # ------------------------------------------------------------------------------------------
-# lesson 04: data and the torch helpers (the ensembles: tests/test_ensemble.py)
+# lessons 04 and 05: data and the torch helpers (the ensembles: tests/test_ensemble.py)
 # ------------------------------------------------------------------------------------------
 
 
@@ -192,7 +193,7 @@ def test_exercise_diagnoses_name_the_mistake():
             correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
         return correct / len(x)
 
-    assert "model.eval()" in verify("04.evaluate_accuracy", buggy_eval).message
+    assert "model.eval()" in verify("05.evaluate_accuracy", buggy_eval).message
 
     def no_reset(model, x, batch_size=64):
         model.train()
@@ -201,7 +202,7 @@ def test_exercise_diagnoses_name_the_mistake():
                 model(x[i : i + batch_size])
         model.eval()
 
-    assert "reset" in verify("04.recalibrate_bn", no_reset).message
+    assert "reset" in verify("05.recalibrate_bn", no_reset).message
 
     def ln_over_batch(x, gamma, beta, eps=1e-5):
         return (x - x.mean(0)) / np.sqrt(x.var(0) + eps) * gamma + beta
@@ -240,9 +241,14 @@ def test_module_exercises_refuse_torch_kernels():
 
 def test_exercise_ids_points_and_forbidden_lists():
     points = {i: get_exercise(i).points for i in ALL_IDS}
-    assert sum(points[i] for i in EXERCISES["04"]) == 7
+    assert sum(points[i] for i in EXERCISES["04"]) == 3
+    assert sum(points[i] for i in EXERCISES["05"]) == 4
     assert sum(points[i] for i in EXERCISES["06"]) == 9
     assert sum(points[i] for i in EXERCISES["07"]) == 8
-    # the first exercise of each lesson (in id order) must forbid torch's normalization
-    for ids in EXERCISES.values():
-        assert "layer_norm" in get_exercise(sorted(ids)[0]).forbidden
+    # the first exercise of each lesson (in id order) must forbid torch's normalization, except
+    # in lesson 05, whose exercises run a model made of torch's batch-norm layers
+    for lesson, ids in EXERCISES.items():
+        if lesson == "05":
+            assert all(get_exercise(i).forbidden == () for i in ids)
+        else:
+            assert "layer_norm" in get_exercise(sorted(ids)[0]).forbidden

@@ -214,7 +214,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                     "put only the BN modules in eval mode after model.train(), or replace BN by "
                     "GroupNorm and train longer",
                 ),
-                ("04", "07"),
+                ("05", "07"),
                 (_EVAL,),
             )
         return Recommendation(
@@ -224,7 +224,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 f"{n} samples per step are enough to update the running statistics",
                 "if the new data differ, recalibrate the running statistics before evaluating",
             ),
-            ("04", "09"),
+            ("05", "09"),
             (_EVAL,),
         )
     # cnn, detection, mlp
@@ -258,7 +258,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
         "BatchNorm",
         "after the convolution or linear layer, before the activation (drop that layer's bias)",
         tuple(reasons),
-        ("03", "04", "08"),
+        ("03", "04", "05", "08"),
         (_EVAL, "no weight decay on BN weights and biases"),
     )
 
