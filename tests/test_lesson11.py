@@ -198,7 +198,7 @@ def test_causal_attention_ignores_later_tokens():
     assert not torch.allclose(attn(x)[:, 4:], attn(changed)[:, 4:])
 
 
-def test_default_block_keeps_lesson_07s_parameters_and_formula():
+def test_default_block_keeps_lesson_08s_parameters_and_formula():
     torch.manual_seed(0)
     for position in ("pre", "post"):
         b = Block(16, 4, 32, position)
@@ -432,7 +432,7 @@ def test_notebook_layout():
             assert _source(cells[i + 1]).strip() == f'check("{ex}", {ex.split(".")[1]})'
         if "claim" in c["metadata"].get("tags", []):
             assert "Claim check" in _source(cells[i - 1])
-            assert "claim(" in _source(c) and c["metadata"]["course"]["claim"].startswith("10.")
+            assert "claim(" in _source(c) and c["metadata"]["course"]["claim"].startswith("11.")
     assert found == EXERCISES
     assert sum("claim" in c["metadata"].get("tags", []) for c in cells) == 4
 
