@@ -92,7 +92,7 @@ def test_a_lesson_whose_exercise_has_no_check_cell_is_refused():
 
 def test_command_line_export_and_bad_lesson(tmp_path):
     run = [sys.executable, "-m", "course_utils.nbgrader", "export"]
-    out = subprocess.run([*run, str(tmp_path), "--lessons", "5"], capture_output=True, text=True)
+    out = subprocess.run([*run, str(tmp_path), "--lessons", "6"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "seed" in out.stdout
     assert [p.name for p in (tmp_path / "source").iterdir()] == ["06_layer_norm_and_rms_norm"]
