@@ -1,9 +1,9 @@
 """Benchmark of the ensemble engine on the sweeps the notebooks run (docs/benchmarks.md).
 
-Each workload is the exact call a lesson makes (lesson 04's batch-size, ghost and
-regularization sweeps, lesson 05's RNN sweep, lesson 06's CNN and MLP sweeps). Every run is
-a fresh process (so that its peak memory is its own), the workloads take turns (so that a
-busy moment slows all alike), and the figures are medians of CPU time (user + system),
+Each workload is the exact call a lesson makes (lesson 04's batch-size and ghost sweeps,
+lesson 05's regularization experiment, lesson 06's RNN sweep, lesson 07's CNN and MLP sweeps).
+Every run is a fresh process (so that its peak memory is its own), the workloads take turns (so
+that a busy moment slows all alike), and the figures are medians of CPU time (user + system),
 which a busy machine inflates far less than wall time.
 
     python -m course_utils.bench_ensemble [--repeat 3] [--tree PATH] [--only NAME ...]
@@ -37,25 +37,25 @@ WORKLOADS = {
         "sb.ghost_sweep(ghost_sizes=(16, 4, 2), batch_size=64, seeds=(0, 1, 2), samples=3000)",
         "3 x 9 MLPs, 138 steps",
     ),
-    "04 regularization": (
+    "05 regularization": (
         "small_batch",
         "sb.regularization_experiment(n_train=500, epochs=25, batch_size=32, dropout=0.3)",
         "36 MLPs, 390 steps",
     ),
-    "05 RNN sweep": (
+    "06 RNN sweep": (
         "sequence",
         "sq.rnn_sweep(norms=('none', 'layer', 'rms'), gains=(1.0, 3.0),"
         " lrs=(0.003, 0.01, 0.03, 0.1), seeds=(0, 1), steps=200)",
         "48 RNNs, 200 steps of 12 time steps",
     ),
-    "06 CNN sweep": (
+    "07 CNN sweep": (
         "group_norm",
         "gn.cnn_batch_size_sweep(sizes=(32, 8, 2), arms=('batch', 'group2'), seeds=(0, 1),"
         " samples=2000, channels=(4, 8), base_lrs={'batch': (0.01, 0.03, 0.1),"
         " 'group2': (0.03, 0.1, 0.3)}, precise_at=(2,))",
         "3 x 12 CNNs, 1,312 steps",
     ),
-    "06 MLP sweep": (
+    "07 MLP sweep": (
         "small_batch",
         "sb.batch_size_sweep(sizes=(32, 8, 2), kinds=('batch', 'group'), seeds=(0, 1, 2),"
         " samples=3000)",

@@ -2,7 +2,7 @@
 
     python -m course_utils.claims                 # every notebook, seed offsets 0 and 4 shifted
     python -m course_utils.claims --shifts 2 --no-original --out test-artifacts/claims.md  # CI
-    python -m course_utils.claims --notebooks 03 05 --offsets 0,100   # a quick look
+    python -m course_utils.claims --notebooks 03 06 --offsets 0,100   # a quick look
 
 Every solution notebook is executed once per seed offset, two notebooks at a time, each in a
 fresh kernel whose environment sets ``COURSE_SEED_OFFSET`` (every generator of the course is

@@ -1,6 +1,6 @@
 """The course as nbgrader source assignments, one per lesson.
 
-    python -m course_utils.nbgrader export COURSE_DIR [--seed N] [--lessons 03 05]
+    python -m course_utils.nbgrader export COURSE_DIR [--seed N] [--lessons 03 06]
 
 writes ``COURSE_DIR/source/NN_name/NN_name.ipynb`` for each solution notebook, and
 ``COURSE_DIR/nbgrader_config.py`` unless one exists. In each notebook:

@@ -4,7 +4,7 @@ Two tests, on a JupyterLab server on a free loopback port (``course_utils.widget
 starts it and measures in the page):
 
 - ``test_widgets_fit_and_answer`` opens ``tests/fixtures/widgets_demo.ipynb`` (the three
-  widgets with the arguments lessons 02, 06 and 01 use) in a 1280 x 800 window with the
+  widgets with the arguments lessons 02, 07 and 01 use) in a 1280 x 800 window with the
   file browser open, at device pixel ratio 1 and 2, and checks that every widget fits its
   output area (no horizontal scrolling, the explorer's accuracy axis on screen, the
   explorer's controls and plots within 660 px of height), that idle frames are rendered at

@@ -173,7 +173,7 @@ def test_a_module_calling_torchs_kernel_by_another_name_is_refused():
         def forward(self, x):
             return torch.native_layer_norm(x, self.shape, self.weight, self.bias, self.eps)[0]
 
-    v = verify("05.LayerNorm", LayerNorm)
+    v = verify("06.LayerNorm", LayerNorm)
     assert v.status == "failed" and "from primitive tensor operations" in v.message, v.message
     assert torch.native_layer_norm.__name__ == "native_layer_norm"  # restored afterwards
 
@@ -287,7 +287,7 @@ def test_first_hint_gives_nothing_away():
         ),
         (EX, lambda x, eps=1e-5: (x - x.mean(0)) / (x.var(0) + eps), "divided by the variance"),
         (
-            "05.layer_norm_forward",
+            "06.layer_norm_forward",
             lambda x, g, b, eps=1e-5: (
                 (x - x.mean(-1, keepdims=True))
                 / np.sqrt(x.var(-1, keepdims=True, ddof=1) + eps)
@@ -297,19 +297,19 @@ def test_first_hint_gives_nothing_away():
             "N - 1",
         ),
         (
-            "05.layer_norm_forward",
+            "06.layer_norm_forward",
             lambda x, g, b, eps=1e-5: (
                 (x - x.mean(-1, keepdims=True)) / (x.std(-1, keepdims=True) + eps) * g + b
             ),
             "outside the square root",
         ),
         (
-            "05.rms_norm_forward",
+            "06.rms_norm_forward",
             lambda x, w, eps=1e-6: x / (np.sqrt((x**2).mean(-1, keepdims=True)) + eps) * w,
             "outside the square root",
         ),
         (
-            "06.instance_norm_forward",
+            "07.instance_norm_forward",
             lambda x, g, b, eps=1e-5: (
                 (x - x.mean((2, 3), keepdims=True))
                 / np.sqrt(x.var((2, 3), keepdims=True, ddof=1) + eps)

@@ -1,6 +1,6 @@
 """The ensemble engine (course_utils.ensemble) and the lessons' ensembles built on it.
 
-The equivalence checks the notebooks of lessons 04-06 used to show (``*_matches_torch``,
+The equivalence checks the notebooks of lessons 04-07 used to show (``*_matches_torch``,
 ``sweep_matches_module``) live here: every member of an ensemble computes, to float64
 rounding, what its module computes when trained alone with ``torch.optim``.
 """

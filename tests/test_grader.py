@@ -72,7 +72,7 @@ def _src(cell: dict) -> str:
 
 def _exercise_index(nb: dict, exercise_id: str) -> int:
     """The cell tagged with the exercise, else the last one defining its name (exercises
-    may share a cell, like lesson 08's capstone)."""
+    may share a cell, like lesson 09's capstone)."""
     for i, c in enumerate(nb["cells"]):
         if c.get("metadata", {}).get("course", {}).get("exercise") == exercise_id:
             return i

@@ -301,8 +301,8 @@ def _reaching_the_answers() -> dict[str, tuple]:
         ),
         "capstone_held_out_data": (  # train on the test images: they are not in the sandbox
             _cell(
-                "08",
-                "08.capstone_accuracy",
+                "09",
+                "09.capstone_accuracy",
                 """
                 import course_utils as cu
 
@@ -310,13 +310,13 @@ def _reaching_the_answers() -> dict[str, tuple]:
                     return cu.load_mnist("raw")
                 """,
             ),
-            "08.capstone_accuracy",
+            "09.capstone_accuracy",
             r"is corrupt|FileNotFoundError",
         ),
         "capstone_custom_module": (  # outside the whitelist: its forward would run in the grader
             _cell(
-                "08",
-                "08.capstone_accuracy",
+                "09",
+                "09.capstone_accuracy",
                 """
                 import torch
                 from torch import nn
@@ -329,7 +329,7 @@ def _reaching_the_answers() -> dict[str, tuple]:
                     return Cheat().eval()
                 """,
             ),
-            "08.capstone_accuracy",
+            "09.capstone_accuracy",
             r"not an nn\.Sequential; build the model as nn\.Sequential\(\.\.\.\) of",
         ),
     }
@@ -417,8 +417,8 @@ def _kernels_by_another_name() -> dict[str, tuple]:
         ),
         "torch_C_variable_functions": (
             _cell(
-                "05",
-                "05.layer_norm_forward",
+                "06",
+                "06.layer_norm_forward",
                 """
                 import torch
 
@@ -429,7 +429,7 @@ def _kernels_by_another_name() -> dict[str, tuple]:
                     return fn(t, (t.shape[-1],), g, b, eps)[0].numpy()
                 """,
             ),
-            "05.layer_norm_forward",
+            "06.layer_norm_forward",
             r"calls torch\.(_C\._VariableFunctions\.)?native_layer_norm",
         ),
         "exec_defined_function": (  # the forbidden call sits in code made with exec
@@ -659,7 +659,7 @@ def batch(tmp_path_factory):
     report = reports / "results.json"
     report.write_text('{"written": "before grading"}')
     classmates = {}
-    for lesson in ("00", "03", "08"):
+    for lesson in ("00", "03", "09"):
         path = subs / f"classmate_{lesson}.ipynb"
         path.write_text(SOLUTIONS[lesson].read_text(encoding="utf-8"))
         classmates[lesson] = path

@@ -18,10 +18,10 @@ CENTRAL = {
     "02": "C.figure1(",
     "03": "B.lr_sweep(",
     "04": "sb.batch_size_sweep(",
-    "05": "sq.rnn_sweep(",
-    "06": "gn.cnn_batch_size_sweep(",
-    "07": "transformer.train_reversal(",
-    "08": "practice.norm_lr_sweep(",
+    "06": "sq.rnn_sweep(",
+    "07": "gn.cnn_batch_size_sweep(",
+    "08": "transformer.train_reversal(",
+    "09": "practice.norm_lr_sweep(",
 }
 SELF_TEST = re.compile(r"\w+_matches_(torch|module)\(")
 SHIM = re.compile(r"except ImportError|getattr\(RM\b")

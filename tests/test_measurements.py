@@ -1,4 +1,4 @@
-"""The four measurements prepared for lessons 02-04 and 07/08 (course_utils.experiments:
+"""The four measurements prepared for lessons 02, 03, 05, 08 and 09 (course_utils.experiments:
 init_gradients, effective_lr, smoothness, variance_shift): shapes, the mechanisms they rely on,
 and the measured effect on small, fast settings."""
 

@@ -1,8 +1,8 @@
 """nbgrader, for real: the exported assignments fail wrong and blank answers.
 
 The slow test runs nbgrader itself (installed from requirements-dev.txt): generate_assignment,
-then autograde on a solved, a blank and a partly wrong student for lessons 03 and 05, and
-validate on the blank ones (and on the solved 05).
+then autograde on a solved, a blank and a partly wrong student for lessons 03 and 06, and
+validate on the blank ones (and on the solved 06).
 """
 
 import copy
@@ -30,8 +30,8 @@ MISTAKES = {
         "return dx, dgamma, dbeta",
         "return 2 * dx, dgamma, dbeta",
     ),
-    "05_layer_norm_and_rms_norm": (
-        "ex05_rms_norm_forward",
+    "06_layer_norm_and_rms_norm": (
+        "ex06_rms_norm_forward",
         "(x ** 2).mean(axis=-1, keepdims=True)",
         "x.var(axis=-1, keepdims=True)",
     ),
@@ -80,22 +80,22 @@ def test_every_lesson_with_exercises_is_exported_with_its_points(exported):
         assert not any(c.get("outputs") for c in nb["cells"])
         setup = [c for c in nb["cells"] if "setup" in c["metadata"].get("tags", [])]
         assert setup and all(_nbg(c)["locked"] for c in setup)
-    assert {p.parent.name for p in written} >= {"03_batch_norm", "05_layer_norm_and_rms_norm"}
+    assert {p.parent.name for p in written} >= {"03_batch_norm", "06_layer_norm_and_rms_norm"}
 
 
 def test_a_lesson_whose_exercise_has_no_check_cell_is_refused():
-    nb = json.loads((ROOT / "solutions" / "05_layer_norm_and_rms_norm.ipynb").read_text())
-    nb["cells"] = [c for c in nb["cells"] if "05.LayerNorm" not in _src(c)]
-    with pytest.raises(ValueError, match="no check cell for 05.LayerNorm"):
+    nb = json.loads((ROOT / "solutions" / "06_layer_norm_and_rms_norm.ipynb").read_text())
+    nb["cells"] = [c for c in nb["cells"] if "06.LayerNorm" not in _src(c)]
+    with pytest.raises(ValueError, match="no check cell for 06.LayerNorm"):
         N.nbgrader_notebook(nb, SEED)
 
 
 def test_command_line_export_and_bad_lesson(tmp_path):
     run = [sys.executable, "-m", "course_utils.nbgrader", "export"]
-    out = subprocess.run([*run, str(tmp_path), "--lessons", "5"], capture_output=True, text=True)
+    out = subprocess.run([*run, str(tmp_path), "--lessons", "6"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "seed" in out.stdout
-    assert [p.name for p in (tmp_path / "source").iterdir()] == ["05_layer_norm_and_rms_norm"]
+    assert [p.name for p in (tmp_path / "source").iterdir()] == ["06_layer_norm_and_rms_norm"]
     out = subprocess.run([*run, str(tmp_path / "x"), "--lessons", "42"], capture_output=True)
     assert out.returncode == 2
 
@@ -106,7 +106,7 @@ def test_command_line_export_and_bad_lesson(tmp_path):
 
 
 def test_assert_passes_raises_unless_the_answer_passes():
-    ex = get_exercise("05.rms_norm_forward")
+    ex = get_exercise("06.rms_norm_forward")
     right = ex.reference()
     assert assert_passes(ex.id, right).passed
     assert assert_passes(ex.id, right, hidden_seed=3).passed
@@ -119,14 +119,14 @@ def test_assert_passes_raises_unless_the_answer_passes():
 
     for obj in (blank, wrong, None):
         for seed in (None, 3):
-            with pytest.raises(AssertionError, match="05.rms_norm_forward"):
+            with pytest.raises(AssertionError, match="06.rms_norm_forward"):
                 assert_passes(ex.id, obj, hidden_seed=seed)
     with pytest.raises(AssertionError, match="no exercise"):
-        assert_passes("05.nope", right)
+        assert_passes("06.nope", right)
 
 
 def test_memorised_visible_answers_fail_the_hidden_tests():
-    ex = get_exercise("05.rms_norm_forward")
+    ex = get_exercise("06.rms_norm_forward")
     right = ex.reference()
     visible = ex.cases(np.random.default_rng(VISIBLE_SEED), False)
     shapes = {np.shape(c.args[0]) for c in visible}
@@ -202,7 +202,7 @@ def _grade_one_lesson(course: Path, assignment: str) -> tuple[dict, dict, str, s
     released = course / "release" / assignment / f"{assignment}.ipynb"
     blank = _nbgrader(course, "validate", str(released))
     passing = None
-    if assignment.startswith("05"):  # the quicker lesson: validating a solved 03 adds 20 s
+    if assignment.startswith("06"):  # the quicker lesson: validating a solved 03 adds 20 s
         solved = course / "submitted" / "solved" / assignment / f"{assignment}.ipynb"
         passing = _nbgrader(course, "validate", str(solved))
     return expected, _scores(course, assignment), blank, passing

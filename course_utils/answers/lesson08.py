@@ -1,68 +1,35 @@
-"""Answers of lesson 08 (best practices): weight-decay groups, recalibration, the capstone's fix."""
+"""Answers of lesson 08 (placement)."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..data import batches
-from ..experiments import capstone
-from ..experiments.practice import is_norm_layer
+from ..experiments.transformer import Block
 
-__all__ = ["param_groups", "recalibrate_bn", "train_fixed"]
+__all__ = ["assemble_block", "residual_forward", "PreLNBlock"]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two optimizer groups: weights of Linear/Conv layers with ``weight_decay``, every bias
-    and every parameter of a normalization layer without."""
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            (no_decay if is_norm_layer(module) or name == "bias" else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def assemble_block(layer: nn.Module, norm: nn.Module, act: nn.Module, placement: str) -> nn.Module:
+    """``layer, norm, act`` ("before") or ``layer, act, norm`` ("after") as nn.Sequential."""
+    if placement == "before":
+        return nn.Sequential(layer, norm, act)
+    if placement == "after":
+        return nn.Sequential(layer, act, norm)
+    raise ValueError(f"placement must be 'before' or 'after', got {placement!r}")
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
-    """Recompute every batch-norm layer's running statistics from ``x`` (equal-weight average
-    over batches of ``batch_size``), then return the model in eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches that follow
-    model.train()
-    for i in range(0, len(x), batch_size):
-        model(x[i : i + batch_size])
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    return model.eval()
+def residual_forward(x, fc1, bn1, fc2, bn2, variant):
+    """The original (post-activation) or the pre-activation residual block on x (N, D)."""
+    if variant == "original":
+        return F.relu(x + bn2(fc2(F.relu(bn1(fc1(x))))))
+    if variant == "preact":
+        return x + fc2(F.relu(bn2(fc1(F.relu(bn1(x))))))
+    raise ValueError(f"variant must be 'original' or 'preact', got {variant!r}")
 
 
-def train_fixed(data, seed: int) -> nn.Module:
-    """The trusted fix of :func:`~course_utils.experiments.capstone.train_broken`: standardized
-    inputs (inside the model), batch norm before tanh, batches of 64, eval mode at the end."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        capstone.Standardize(data.x_train.mean(), data.x_train.std()),
-        nn.Linear(784, 128, bias=False),
-        nn.BatchNorm1d(128),
-        nn.Tanh(),
-        nn.Linear(128, 128, bias=False),
-        nn.BatchNorm1d(128),
-        nn.Tanh(),
-        nn.Linear(128, 10),
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for _, (xb, yb) in zip(
-        range(400), batches(data.x_train, data.y_train, batch_size=64, seed=seed)
-    ):
-        loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+class PreLNBlock(Block):
+    """The Pre-LN transformer block: :class:`~course_utils.experiments.transformer.Block`, pre."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__(d_model, n_heads, d_ff, norm_position="pre")

@@ -1,101 +1,121 @@
-"""Lesson 10's exercise answers: QK-norm attention, adaLN-Zero, scaled weight standardization.
+"""Answers to lesson 10's exercises: folding batch norm into the layer before it, and batch
+norm synchronised across processes as an autograd Function.
 
-The lesson's experiments import these classes from here (one home for each answer); the
-exercise declarations in :mod:`course_utils.exercises.lesson10` use them as references.
+The lesson's experiments use these (never a second copy); the exercise module imports them
+lazily as its references.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from ..experiments.transformer import SelfAttention
+__all__ = ["fold_bn", "SyncBatchNormFunction"]
 
-__all__ = ["QKNormAttention", "AdaLayerNorm", "ScaledWSConv2d"]
-
-
-class QKNormAttention(SelfAttention):
-    """Self-attention with QK-norm (Dehghani et al. 2023): each head's queries and keys are
-    layer-normalized over their D/H features before the dot product; (N, T, D) -> (N, T, D).
-
-    Submodules: those of :class:`SelfAttention` plus ``q_norm`` and ``k_norm``
-    (``nn.LayerNorm(D // H)``).
-    """
-
-    def __init__(self, d_model: int, n_heads: int, causal: bool = False):
-        super().__init__(d_model, n_heads, causal=causal)
-        d_head = d_model // n_heads
-        self.q_norm = nn.LayerNorm(d_head)
-        self.k_norm = nn.LayerNorm(d_head)
-
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, k, v = super().project(x)  # 3 x (N, H, T, D/H)
-        return self.q_norm(q), self.k_norm(k), v
+_FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-class AdaLayerNorm(nn.Module):
-    """adaLN-Zero (Peebles & Xie 2023): layer norm whose shift and scale come from a condition,
-    plus a gate for the residual branch, all zero at initialisation.
+@torch.no_grad()
+def fold_bn(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """The layer that computes ``bn(layer(x))`` of ``bn`` in evaluation mode, in one layer.
+
+    In eval mode batch norm is an affine map per output channel c,
+    ``y_c = s_c * (z_c - running_mean_c) + beta_c`` with
+    ``s_c = gamma_c / sqrt(running_var_c + eps)``, so ``W' = s * W`` (each output channel's
+    slice scaled) and ``b' = s * (b - running_mean) + beta``.
 
     Args:
-        dim: D, the features normalized. cond_dim: C, the condition's size.
-    forward(x, cond): x (N, D) or (N, T, D), cond (N, C) -> (y, gate):
-        y = LN(x) * (1 + scale) + shift, shaped like x (LN without its own affine);
-        gate of shape (N, D) or (N, 1, D), to multiply the residual branch's output.
-        ``modulation`` (Linear C -> 3D) gives (shift, scale, gate) and starts at zero.
+        layer: an ``nn.Linear`` (weight (C_out, C_in)) or ``nn.Conv1d/2d/3d`` (weight
+            (C_out, C_in / groups, *kernel)), with or without a bias.
+        bn: a batch-norm layer over the C_out outputs, with running statistics.
+    Returns:
+        A new layer of the same class and hyperparameters (stride, padding, dilation,
+        groups) with a bias; ``layer`` and ``bn`` are not changed.
+    """
+    if not isinstance(layer, _FOLDABLE):
+        raise TypeError(f"can fold into Linear or Conv1d/2d/3d, not {type(layer).__name__}")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("this batch norm keeps no running statistics: nothing fixed to fold")
+    out_channels = layer.weight.shape[0]
+    if bn.running_mean.numel() != out_channels:
+        raise ValueError(
+            f"batch norm has {bn.running_mean.numel()} channels, the layer {out_channels} outputs"
+        )
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = bn.bias if bn.bias is not None else torch.zeros_like(scale)
+    bias = layer.bias if layer.bias is not None else torch.zeros_like(scale)
+    folded = copy.deepcopy(layer)
+    folded.weight.copy_(layer.weight * scale.view(-1, *[1] * (layer.weight.dim() - 1)))
+    folded.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
+    return folded
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm whose statistics pool the batch of every process.
+
+    ``all_reduce(t)`` replaces the tensor ``t``, in place, by its elementwise sum over the
+    processes (as ``torch.distributed.all_reduce`` does) and returns None. Every process calls
+    ``SyncBatchNormFunction.apply`` with its own slice of the batch.
+
+    forward(ctx, x, weight, bias, running_mean, running_var, eps, momentum, all_reduce):
+        x: (N_local, C, *) this process's inputs; weight, bias: (C,);
+        running_mean, running_var: (C,) buffers, updated in place with the global mean and
+        the global unbiased variance; returns y, shaped like x.
+    backward(ctx, grad_out): grad_out shaped like x; returns the gradient of x (needs the
+        all-reduced sums of dy and dy * x_hat), this process's share of the weight and bias
+        gradients (a data-parallel wrapper sums them over processes), and None for the rest.
     """
 
-    def __init__(self, dim: int, cond_dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.modulation = nn.Linear(cond_dim, 3 * dim)
-        nn.init.zeros_(self.modulation.weight)
-        nn.init.zeros_(self.modulation.bias)
+    @staticmethod
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        running_mean: torch.Tensor,
+        running_var: torch.Tensor,
+        eps: float,
+        momentum: float,
+        all_reduce: Callable[[torch.Tensor], None],
+    ) -> torch.Tensor:
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        c = x.shape[1]
+        local_count = x.numel() // c
+        # one message: (sum, sum of squares, count)
+        stats = torch.cat([x.sum(dims), (x * x).sum(dims), x.new_full((1,), local_count)])
+        all_reduce(stats)
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0.0)
+        invstd = torch.rsqrt(var + eps)
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(momentum * mean)
+        if running_var is not None:
+            running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1).clamp_min(1))
+        x_hat = (x - mean.view(shape)) * invstd.view(shape)
+        ctx.save_for_backward(x_hat, weight, invstd, n)
+        ctx.all_reduce = all_reduce
+        return x_hat * weight.view(shape) + bias.view(shape)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shift, scale, gate = self.modulation(cond).chunk(3, dim=-1)  # 3 x (N, D)
-        if x.dim() == 3:  # one condition per sequence: broadcast over the T positions
-            shift, scale, gate = shift[:, None], scale[:, None], gate[:, None]
-        mean = x.mean(-1, keepdim=True)
-        var = x.var(-1, unbiased=False, keepdim=True)
-        y = (x - mean) / torch.sqrt(var + self.eps)
-        return y * (1 + scale) + shift, gate
-
-
-class ScaledWSConv2d(nn.Conv2d):
-    """A Conv2d with scaled weight standardization (Brock et al. 2021a), as in NF-ResNets.
-
-    Each output channel's filter W_i (C_in x kH x kW values, fan-in F) is used as
-    ``gain_i * gamma * (W_i - mean(W_i)) / sqrt(F * (var(W_i) + eps))``: mean 0 and squared
-    norm about gamma^2, so a unit-variance input gives an output of variance about gamma^2.
-    ``gamma`` is the activation's gain (1 / std of the activation of a unit Gaussian, about
-    1.71 for ReLU); ``gain`` is a learnable (C_out, 1, 1, 1) parameter starting at 1.
-    Input (N, C_in, H, W) -> (N, C_out, H', W') as nn.Conv2d.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        padding: int = 0,
-        bias: bool = True,
-        gamma: float = 1.0,
-        eps: float = 1e-6,
-    ):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
-        self.gamma = float(gamma)
-        self.eps = eps
-        self.gain = nn.Parameter(torch.ones(out_channels, 1, 1, 1))
-
-    def standardized_weight(self) -> torch.Tensor:
-        """The weight the convolution uses: (C_out, C_in, kH, kW)."""
-        w = self.weight
-        fan_in = w[0].numel()
-        mean = w.mean(dim=(1, 2, 3), keepdim=True)
-        var = w.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
-        return self.gain * self.gamma * (w - mean) / torch.sqrt(fan_in * (var + self.eps))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.standardized_weight(), self.bias)
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x_hat, weight, invstd, n = ctx.saved_tensors
+        dims = [0, *range(2, grad_out.dim())]
+        shape = [1, -1] + [1] * (grad_out.dim() - 2)
+        c = grad_out.shape[1]
+        sum_dy = grad_out.sum(dims)
+        sum_dy_xhat = (grad_out * x_hat).sum(dims)
+        grad_weight, grad_bias = sum_dy_xhat.clone(), sum_dy.clone()  # this process's share
+        sums = torch.cat([sum_dy, sum_dy_xhat])
+        ctx.all_reduce(sums)
+        mean_dy, mean_dy_xhat = sums[:c] / n, sums[c:] / n
+        grad_x = (weight * invstd).view(shape) * (
+            grad_out - mean_dy.view(shape) - x_hat * mean_dy_xhat.view(shape)
+        )
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None

@@ -1,4 +1,4 @@
-"""Pieces the module exercises' ``run`` drivers share (lessons 03-06).
+"""Pieces the module exercises' ``run`` drivers share (lessons 03-07).
 
 A module exercise builds the learner's ``nn.Module``, checks it has the parameters and buffers
 torch's module has, loads the case's weights, runs it forward and backward on the case's inputs

@@ -1,367 +1,424 @@
-"""Lesson 07 (placement): assemble a block in a given order, the two residual orders, and a
-Pre-LN transformer block."""
+"""Lesson 07 (instance and group norm): instance-norm and group-norm forward, group-norm
+backward, and a GroupNorm module."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ..experiments.transformer import Block
-from .core import Case, Exercise, answer, compare
+from .core import (
+    Case,
+    Exercise,
+    answer,
+    autograd_gradients,
+    compare,
+    gradient_diagnosis,
+    numerical_gradient,
+    reference_functional,
+)
+from .drivers import forward_backward, load_parameters, module_inputs, parameter_shapes
+from .forbidden import BACKWARD_BY_HAND, forbidden_except, kernels_blocked
+from .mistakes import normalization_mistake
 from .registry import register
 
-PLACEMENTS = ("before", "after")
+GRAD_TOL = 1e-6
 
 
-# ----------------------------------------------------------------------------------------------
-# 07.assemble_block
-# ----------------------------------------------------------------------------------------------
+def _maps(rng: np.random.Generator, shape) -> np.ndarray:
+    """(N, C, H, W) maps whose samples and channels have their own offsets and scales."""
+    n, c = shape[:2]
+    scale = rng.uniform(0.3, 4, size=(n, c) + (1,) * (len(shape) - 2))
+    shift = rng.uniform(-3, 3, size=(n, c) + (1,) * (len(shape) - 2))
+    return rng.normal(size=shape) * scale + shift
 
 
-def _block_parts(case: Case):
-    m = case.meta
-    torch.manual_seed(m["seed"])
-    if m["kind"] == "mlp":
-        layer = nn.Linear(m["fan_in"], m["width"])
-        norm = nn.BatchNorm1d(m["width"]) if m["norm"] == "batch" else nn.LayerNorm(m["width"])
-    else:
-        layer = nn.Conv2d(m["fan_in"], m["width"], 3, padding=1)
-        norm = nn.BatchNorm2d(m["width"]) if m["norm"] == "batch" else nn.GroupNorm(1, m["width"])
-    with torch.no_grad():  # a non-trivial affine part, so the order shows in the output
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.uniform_(-0.5, 0.5)
-    act = {"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}[m["act"]]
-    g = torch.Generator().manual_seed(m["seed"] + 1)
-    shape = (m["n"], m["fan_in"]) if m["kind"] == "mlp" else (m["n"], m["fan_in"], 5, 5)
-    x = torch.randn(shape, generator=g) * 2 + 0.5
-    return layer, norm, act, x
+def _normalize(x, axes, eps):
+    mu = x.mean(axes, keepdims=True)
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(axes, keepdims=True) + eps)
 
 
-def _run_assemble(obj, case: Case):
-    layer, norm, act, x = _block_parts(case)
-    try:
-        block = obj(layer, norm, act, case.meta["placement"])
-    except ValueError:
-        return "ValueError"
-    if case.meta["placement"] not in PLACEMENTS:
-        return "no error"
-    if not isinstance(block, nn.Module):
-        raise TypeError(f"assemble_block must return an nn.Module, got {type(block).__name__}")
-    given = {id(p) for mod in (layer, norm, act) for p in mod.parameters()}
-    uses_parts = {id(p) for p in block.parameters()} == given
-    block.train()
-    out = block(x)
-    return {"output": out.detach(), "uses_given_parts": uses_parts}
+def _per_channel(v, ndim):
+    return np.asarray(v).reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def _assemble_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
-    cases = []
-    if not hidden:
-        specs = [
-            ("mlp", "batch", "relu", "before"),
-            ("mlp", "batch", "relu", "after"),
-            ("cnn", "batch", "tanh", "after"),
-            ("mlp", "layer", "sigmoid", "before"),
-        ]
-    else:
-        specs = [
-            (
-                str(rng.choice(["mlp", "cnn"])),
-                str(rng.choice(["batch", "layer"])),
-                str(rng.choice(["relu", "tanh", "sigmoid"])),
-                p,
-            )
-            for p in PLACEMENTS
-            for _ in range(2)
-        ]
-    for kind, norm, act, placement in specs:
-        meta = dict(
-            kind=kind,
-            norm=norm,
-            act=act,
-            placement=placement,
-            seed=int(rng.integers(1 << 30)),
-            n=int(rng.integers(4, 17)),
-            fan_in=int(rng.integers(2, 9)),
-            width=int(rng.integers(2, 9)),
-        )
-        cases.append(Case(label=f"{kind}, {norm} norm, {act}, placement={placement!r}", meta=meta))
-    cases.append(
-        Case(
-            label="placement='middle' must raise ValueError",
-            meta=dict(
-                kind="mlp",
-                norm="batch",
-                act="relu",
-                placement="middle",
-                seed=3,
-                n=4,
-                fan_in=3,
-                width=3,
-            ),
-        )
-    )
+# ------------------------------------------------------------------------------------------
+# 07.instance_norm_forward and 07.group_norm_forward
+# ------------------------------------------------------------------------------------------
+
+
+def _forward_cases(group: bool):
+    def cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
+        if not hidden:
+            specs = [
+                ((2, 4, 3, 3), 2, 1e-5),
+                ((3, 6, 4, 5), 3, 1e-5),
+                ((1, 4, 2, 2), 4, 1e-3),
+                ((2, 6, 3, 3), 1, 1e-5),
+            ]
+        else:
+            specs = []
+            for _ in range(4):
+                g = int(rng.integers(1, 5))
+                c = g * int(rng.integers(1, 4))
+                specs.append(
+                    (
+                        (
+                            int(rng.integers(1, 5)),
+                            c,
+                            int(rng.integers(2, 6)),
+                            int(rng.integers(2, 6)),
+                        ),
+                        g,
+                        float(rng.choice([1e-5, 1e-3])),
+                    )
+                )
+        out = []
+        for shape, g, eps in specs:
+            c = shape[1]
+            x = _maps(rng, shape)
+            gamma, beta = rng.uniform(0.5, 2, size=c), rng.normal(size=c)
+            if group:
+                out.append(
+                    Case(
+                        args=(x, g, gamma, beta),
+                        kwargs={"eps": eps},
+                        label=f"x of shape {shape}, num_groups={g}",
+                    )
+                )
+            else:
+                out.append(
+                    Case(args=(x, gamma, beta), kwargs={"eps": eps}, label=f"x of shape {shape}")
+                )
+        return out
+
     return cases
 
 
-def _assemble_diagnose(got, expected, case: Case):
-    if isinstance(expected, str):
-        if got != expected:
+def _in_diagnose(got, expected, case: Case) -> str | None:
+    try:
+        g = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if g.shape != np.shape(expected) or compare(g, expected) is None:
+        return None
+    x, gamma, beta = (np.asarray(a, dtype=np.float64) for a in case.args)
+    eps = case.kwargs["eps"]
+    w, b = _per_channel(gamma, x.ndim), _per_channel(beta, x.ndim)
+    for axes, what in (
+        ((0, 2, 3), "over N, H and W: that is batch norm"),
+        ((1, 2, 3), "over C, H and W: that is layer norm"),
+    ):
+        if compare(g, _normalize(x, axes, eps) * w + b) is None:
             return (
-                f"placement={case.meta['placement']!r} should raise ValueError naming the "
-                "allowed placements, as torch does for a bad argument"
+                f"statistics computed {what}. Instance norm uses one mean and variance per "
+                "sample and channel, over H and W: x.mean(axis=(2, 3), keepdims=True)"
             )
+    # the usual slips: N - 1, eps misplaced or missing, gamma and beta forgotten
+    return normalization_mistake(g, x, (2, 3), eps, w, b, other_axes={})
+
+
+def _gn_diagnose(got, expected, case: Case) -> str | None:
+    try:
+        g = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
         return None
-    if not isinstance(got, dict):
+    if g.shape != np.shape(expected) or compare(g, expected) is None:
         return None
-    if not got.get("uses_given_parts", True):
-        return (
-            "the block must reuse the layer, norm and activation it is given (their "
-            "parameters), not create new ones"
-        )
-    other = "after" if case.meta["placement"] == "before" else "before"
-    layer, norm, act, x = _block_parts(case)
-    wrong = answer("07", "assemble_block")()(layer, norm, act, other).train()(x).detach()
-    if compare(got["output"], wrong, atol=1e-5, rtol=1e-4) is None:
-        return (
-            f"the output is that of placement={other!r}: for {case.meta['placement']!r} the "
-            "order should be "
-            + (
-                "layer -> norm -> act"
-                if case.meta["placement"] == "before"
-                else "layer -> act -> norm"
+    x, groups, gamma, beta = case.args
+    x = np.asarray(x, dtype=np.float64)
+    eps = case.kwargs["eps"]
+    n, c = x.shape[:2]
+    w, b = _per_channel(gamma, x.ndim), _per_channel(beta, x.ndim)
+    if groups not in (1, c):
+        strided = x.reshape(n, c // groups, groups, -1)
+        wrong = _normalize(strided, (1, 3), eps).reshape(x.shape) * w + b
+        if compare(g, wrong) is None:
+            return (
+                "your groups take every G-th channel; a group is C // G *consecutive* "
+                "channels: x.reshape(N, G, C // G, H, W), statistics over axes (2, 3, 4)"
             )
+    if compare(g, _normalize(x, (2, 3), eps) * w + b) is None and groups != c:
+        return (
+            "one mean per channel (that is instance norm): pool each group's C // G "
+            "channels together with H and W"
         )
-    return None
-
-
-# ----------------------------------------------------------------------------------------------
-# 07.residual_forward
-# ----------------------------------------------------------------------------------------------
-
-
-def _residual_parts(case: Case):
-    m = case.meta
-    torch.manual_seed(m["seed"])
-    d = m["width"]
-    fc1, fc2 = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
-    bn1, bn2 = nn.BatchNorm1d(d), nn.BatchNorm1d(d)
-    with torch.no_grad():
-        for bn in (bn1, bn2):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-    g = torch.Generator().manual_seed(m["seed"] + 1)
-    x = torch.randn(m["n"], d, generator=g) + 0.3
-    upstream = torch.randn(m["n"], d, generator=g)
-    return x, fc1, bn1, fc2, bn2, upstream
-
-
-def _run_residual(obj, case: Case):
-    x, fc1, bn1, fc2, bn2, upstream = _residual_parts(case)
-    x.requires_grad_(True)
-    out = obj(x, fc1, bn1, fc2, bn2, case.meta["variant"])
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"residual_forward must return a tensor, got {type(out).__name__}")
-    (out * upstream).sum().backward()
-    grad = x.grad if x.grad is not None else torch.zeros_like(x)
-    return {"output": out.detach(), "grad_x": grad.detach()}
-
-
-def _residual_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
-    sizes = (
-        [(8, 4), (16, 6)]
-        if not hidden
-        else [(int(rng.integers(3, 20)), int(rng.integers(2, 10))) for _ in range(2)]
+    if compare(g, _normalize(x, (1, 2, 3), eps) * w + b) is None and groups != 1:
+        return (
+            "one mean per sample over all channels (that is layer norm, G = 1): "
+            "split C into G groups"
+        )
+    grouped = _normalize(x.reshape(n, groups, -1), (2,), eps).reshape(x.shape)
+    if compare(g, grouped) is None:
+        return "gamma and beta are missing: scale and shift per channel after normalizing"
+    # the usual slips (N - 1, eps misplaced or missing), in the grouped view (N, G, C/G*H*W)
+    gw, gb = (np.broadcast_to(v, x.shape).reshape(n, groups, -1) for v in (w, b))
+    return normalization_mistake(
+        g.reshape(n, groups, -1), x.reshape(n, groups, -1), (2,), eps, gw, gb, other_axes={}
     )
-    cases = []
-    for variant in ("original", "preact"):
-        for n, d in sizes:
-            cases.append(
-                Case(
-                    label=f"variant={variant!r}, x of shape ({n}, {d})",
-                    meta=dict(variant=variant, n=n, width=d, seed=int(rng.integers(1 << 30))),
+
+
+# ------------------------------------------------------------------------------------------
+# 07.group_norm_backward
+# ------------------------------------------------------------------------------------------
+
+
+def _backward_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
+    if not hidden:
+        specs = [((2, 4, 2, 2), 2, 1e-5), ((2, 6, 3, 2), 3, 1e-5), ((3, 2, 2, 3), 1, 1e-3)]
+    else:
+        specs = []
+        for _ in range(3):
+            g = int(rng.integers(1, 4))
+            specs.append(
+                (
+                    (
+                        int(rng.integers(1, 4)),
+                        g * int(rng.integers(1, 3)),
+                        int(rng.integers(2, 4)),
+                        int(rng.integers(1, 4)),
+                    ),
+                    g,
+                    float(rng.choice([1e-5, 1e-3])),
                 )
             )
-    return cases
-
-
-def _residual_diagnose(got, expected, case: Case):
-    if not isinstance(got, dict) or "output" not in got:
-        return None
-    x, fc1, bn1, fc2, bn2, _ = _residual_parts(case)
-    other = "preact" if case.meta["variant"] == "original" else "original"
-    wrong = answer("07", "residual_forward")()(x, fc1, bn1, fc2, bn2, other).detach()
-    if compare(got["output"], wrong, atol=1e-5, rtol=1e-4) is None:
-        return f"the output is that of variant={other!r}; swap the two orders"
-    if case.meta["variant"] == "preact":
-        no_skip = fc2(F.relu(bn2(fc1(F.relu(bn1(x)))))).detach()
-        if compare(got["output"], no_skip, atol=1e-5, rtol=1e-4) is None:
-            return "the output misses the skip connection: add x to the branch"
-    return None
-
-
-# ----------------------------------------------------------------------------------------------
-# 07.PreLNBlock
-# ----------------------------------------------------------------------------------------------
-
-
-def _reference_state(case: Case) -> dict:
-    m = case.meta
-    torch.manual_seed(m["seed"])
-    ref = Block(m["d"], m["heads"], m["d_ff"], norm_position="pre")
-    with torch.no_grad():
-        for ln in (ref.ln1, ref.ln2):
-            ln.weight.uniform_(0.5, 1.5)
-            ln.bias.uniform_(-0.3, 0.3)
-    return ref.state_dict()
-
-
-def _pre_ln_input(case: Case):
-    m = case.meta
-    g = torch.Generator().manual_seed(m["seed"] + 1)
-    x = torch.randn(m["n"], m["t"], m["d"], generator=g) * 3 + 1
-    upstream = torch.randn(m["n"], m["t"], m["d"], generator=g)
-    return x, upstream
-
-
-def _run_pre_ln(obj, case: Case):
-    m = case.meta
-    block = obj(m["d"], m["heads"], m["d_ff"])
-    if not isinstance(block, nn.Module):
-        raise TypeError(f"PreLNBlock(...) must be an nn.Module, got {type(block).__name__}")
-    state = _reference_state(case)
-    mine = set(block.state_dict())
-    if mine != set(state):
-        missing = sorted(set(state) - mine)
-        extra = sorted(mine - set(state))
-        raise ValueError(
-            "PreLNBlock's parameters should be ln1, attn (SelfAttention), ln2 and ff "
-            f"(FeedForward); missing {missing[:4]}, unexpected {extra[:4]}"
-        )
-    block.load_state_dict(state)
-    block.train()
-    x, upstream = _pre_ln_input(case)
-    x.requires_grad_(True)
-    out = block(x)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"forward must return a tensor, got {type(out).__name__}")
-    (out * upstream).sum().backward()
-    grad = x.grad if x.grad is not None else torch.zeros_like(x)
-    return {"output": out.detach(), "grad_x": grad.detach()}
-
-
-def _pre_ln_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
-    specs = (
-        [(2, 5, 8, 2, 16), (3, 7, 16, 4, 32)]
-        if not hidden
-        else [
-            (
-                int(rng.integers(1, 5)),
-                int(rng.integers(2, 10)),
-                int(d),
-                int(h),
-                int(rng.integers(4, 40)),
+    out = []
+    for shape, g, eps in specs:
+        x = _maps(rng, shape)
+        out.append(
+            Case(
+                args=(rng.normal(size=shape), x, g, rng.uniform(0.5, 2, size=shape[1])),
+                kwargs={"eps": eps},
+                label=f"x of shape {shape}, num_groups={g}",
             )
-            for d, h in [(8, 2), (12, 3), (16, 4)]
-        ]
+        )
+    return out
+
+
+def _torch_gn(x, gamma, groups, eps):
+    n, c = x.shape[:2]
+    xg = x.reshape(n, groups, -1)
+    mu = xg.mean(2, keepdim=True)
+    var = ((xg - mu) ** 2).mean(2, keepdim=True)
+    y = ((xg - mu) / torch.sqrt(var + eps)).reshape(x.shape)
+    return y * gamma.reshape((1, -1) + (1,) * (x.dim() - 2))
+
+
+def _gn_backward_diagnose(got, expected, case: Case) -> str | None:
+    if not isinstance(got, (tuple, list)):
+        return "return a tuple (dx, dgamma, dbeta)"
+    if len(got) != 3:
+        return f"return 3 arrays (dx, dgamma, dbeta), got {len(got)}"
+    dout, x, groups, gamma = case.args
+    dout, x, gamma = (np.asarray(a, dtype=np.float64) for a in (dout, x, gamma))
+    eps = case.kwargs["eps"]
+    auto = autograd_gradients(lambda x_, g_: _torch_gn(x_, g_, groups, eps), (x, gamma), dout)
+
+    def f(x_):
+        return reference_functional().group_norm(x_, groups, gamma, None, eps)
+
+    num = numerical_gradient(f, x, dout)
+    msg = gradient_diagnosis(
+        got[0], {"the numerical gradient": num, "torch.autograd": auto[0]}, "dx", GRAD_TOL
     )
-    return [
-        Case(
-            label=f"x of shape ({n}, {t}, {d}), {h} heads, d_ff={f}",
-            meta=dict(n=n, t=t, d=d, heads=h, d_ff=f, seed=int(rng.integers(1 << 30))),
+    if msg:
+        return msg
+    msg = gradient_diagnosis(got[1], {"torch.autograd": auto[1]}, "dgamma", GRAD_TOL)
+    if msg:
+        return msg
+    return gradient_diagnosis(
+        got[2], {"the sum of dout over N, H, W": dout.sum((0, 2, 3))}, "dbeta", GRAD_TOL
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# 07.GroupNorm module
+# ------------------------------------------------------------------------------------------
+
+
+def _module_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
+    if not hidden:
+        specs = [
+            (2, 4, (3, 4, 3, 3), {}),
+            (3, 6, (2, 6, 4, 4), {"eps": 1e-3}),
+            (1, 4, (2, 4, 3, 3), {"affine": False}),
+            (4, 4, (2, 4, 2, 3), {}),
+            (2, 4, (3, 4, 5), {}),
+            (3, 4, None, {}),
+        ]
+    else:
+        specs = []
+        for _ in range(4):
+            g = int(rng.integers(1, 4))
+            c = g * int(rng.integers(1, 4))
+            kw = {"affine": False} if rng.random() < 0.25 else {}
+            specs.append(
+                (
+                    g,
+                    c,
+                    (int(rng.integers(1, 4)), c, int(rng.integers(2, 5)), int(rng.integers(2, 5))),
+                    kw,
+                )
+            )
+        specs.append((int(rng.integers(2, 5)), 7, None, {}))  # 7 channels: never divisible
+    out = []
+    for g, c, shape, kw in specs:
+        label = f"GroupNorm({g}, {c}{''.join(f', {k}={v}' for k, v in kw.items())})"
+        if shape is None:
+            out.append(
+                Case(
+                    args=(g, c), kwargs=kw, label=label + ": C not divisible by G", meta={"x": None}
+                )
+            )
+            continue
+        x = _maps(rng, shape).astype(np.float32)
+        out.append(
+            Case(
+                args=(g, c),
+                kwargs=kw,
+                label=f"{label}, x of shape {shape}",
+                meta=module_inputs(rng, x, c),
+            )
         )
-        for n, t, d, h, f in specs
-    ]
+    return out
 
 
-def _pre_ln_diagnose(got, expected, case: Case):
-    if not isinstance(got, dict) or "output" not in got:
-        return None
-    m = case.meta
-    post = Block(m["d"], m["heads"], m["d_ff"], norm_position="post")
-    post.load_state_dict(_reference_state(case))
-    x, _ = _pre_ln_input(case)
-    with torch.no_grad():
-        wrong = post(x)
-    if compare(got["output"], wrong, atol=1e-4, rtol=1e-4) is None:
+def _module_run(cls, case: Case):
+    meta = case.meta
+    trusted = cls is nn.GroupNorm
+    try:
+        m = cls(*case.args, **case.kwargs)
+    except ValueError:
+        return "ValueError"
+    if meta["x"] is None:
+        return "no error"
+    if isinstance(m, nn.GroupNorm) and not trusted:
+        raise TypeError("subclass nn.Module, not nn.GroupNorm, and build it from tensor operations")
+    params = dict(m.named_parameters())
+    out: dict = {"parameters": parameter_shapes(params)}
+    load_parameters(params, meta)
+    with kernels_blocked(not trusted, "GroupNorm"):
+        out.update(forward_backward(m, meta["x"], meta["g"]))
+    return out
+
+
+def _module_diagnose(got, expected, case: Case) -> str | None:
+    if expected == "ValueError" and got != "ValueError":
+        g, c = case.args
         return (
-            "this is the Post-LN order, LN(x + f(x)); a Pre-LN block normalizes the input of "
-            "each sub-layer and adds the result to the un-normalized x: x + f(LN(x))"
+            f"GroupNorm({g}, {c}) must raise ValueError('num_channels ({c}) must be divisible by "
+            f"num_groups ({g})') in __init__, as torch does"
         )
+    if not isinstance(got, dict) or not isinstance(expected, dict):
+        return None
+    if got.get("parameters") != expected["parameters"]:
+        return (
+            f"parameters are {list(got.get('parameters', ()))}, torch's are "
+            f"{list(expected['parameters'])} (weight ones and bias zeros of shape (C,); "
+            "affine=False has neither)"
+        )
+    if compare(got.get("output"), expected["output"], atol=1e-4, rtol=1e-4):
+        x = case.meta["x"].astype(np.float64)
+        g = case.args[0]
+        w = _per_channel(case.meta["weight"], x.ndim)
+        b = _per_channel(case.meta["bias"], x.ndim)
+        if not case.kwargs.get("affine", True):
+            w, b = 1.0, 0.0
+        n, c = x.shape[:2]
+        if g not in (1, c):
+            strided = _normalize(x.reshape(n, c // g, g, -1), (1, 3), 1e-5).reshape(x.shape)
+            if compare(got["output"], strided * w + b, atol=1e-4, rtol=1e-4) is None:
+                return (
+                    "your groups take every G-th channel; a group is C // G consecutive "
+                    "channels: x.reshape(N, G, -1)"
+                )
     return None
 
 
 register(
     Exercise(
-        id="07.assemble_block",
-        name="assemble_block",
+        id="07.instance_norm_forward",
+        name="instance_norm_forward",
         points=1,
-        title="Assemble layer, norm and activation in the order a placement names",
-        reference=answer("07", "assemble_block"),
-        cases=_assemble_cases,
-        run=_run_assemble,
-        diagnose=_assemble_diagnose,
-        atol=1e-5,
-        rtol=1e-4,
-        forbidden=(),
+        title="Instance-norm forward: normalize each channel of each sample over H and W",
+        reference=answer("07", "instance_norm_forward"),
+        cases=_forward_cases(group=False),
+        diagnose=_in_diagnose,
+        atol=1e-7,
+        rtol=1e-6,
         hints=(
-            "The placement only decides the order of the three modules you are given. "
-            "Which torch container runs modules one after another and keeps the very "
-            "modules you pass it?",
-            "nn.Sequential(a, b, c) runs a, then b, then c. 'before' means the norm "
-            "comes before the activation: layer, norm, act; 'after': layer, act, norm.",
-            "Anything else: raise ValueError(f\"placement must be 'before' or "
-            "'after', got {placement!r}\").",
+            "Instance norm pools one sample and one channel at a time: which axes of "
+            "(N, C, H, W) does each mean run over, and which shape should it keep for "
+            "broadcasting?",
+            "mu = x.mean(axis=(2, 3), keepdims=True) has shape (N, C, 1, 1); the "
+            "biased variance likewise; normalize with np.sqrt(var + eps).",
+            "gamma and beta have shape (C,): reshape them to (1, C, 1, 1) to broadcast.",
         ),
     ),
     Exercise(
-        id="07.residual_forward",
-        name="residual_forward",
+        id="07.group_norm_forward",
+        name="group_norm_forward",
         points=2,
-        title="The original and the pre-activation residual block, forward",
-        reference=answer("07", "residual_forward"),
-        cases=_residual_cases,
-        run=_run_residual,
-        diagnose=_residual_diagnose,
-        atol=1e-5,
-        rtol=1e-4,
-        forbidden=(),
+        title="Group-norm forward: normalize groups of C // G consecutive channels with H and W",
+        reference=answer("07", "group_norm_forward"),
+        cases=_forward_cases(group=True),
+        diagnose=_gn_diagnose,
+        atol=1e-7,
+        rtol=1e-6,
         hints=(
-            "Write each variant as a branch added to x. In which variant does "
-            "something happen after the addition, and where do the batch norms sit "
-            "relative to the linear layers?",
-            "Original: the branch is fc1 -> bn1 -> relu -> fc2 -> bn2; add x; then "
-            "relu. Pre-activation: the branch is bn1 -> relu -> fc1 -> bn2 -> relu -> "
-            "fc2; add x; nothing after the addition.",
-            "Use F.relu (torch.nn.functional) for the activations; the modules are "
-            "given, so the function builds nothing.",
+            "A group is C // G consecutive channels of one sample. Can you reshape x "
+            "so that each group's values lie along one axis?",
+            "xg = x.reshape(N, num_groups, -1): each row of xg is one group of one "
+            "sample. mu = xg.mean(axis=2, keepdims=True), var = ((xg - mu) ** "
+            "2).mean(axis=2, keepdims=True); normalize, reshape back to x.shape.",
+            "Then * gamma.reshape(1, C, 1, 1) + beta.reshape(1, C, 1, 1): the scale "
+            "and shift are per channel, not per group.",
         ),
     ),
     Exercise(
-        id="07.PreLNBlock",
-        name="PreLNBlock",
+        id="07.group_norm_backward",
+        name="group_norm_backward",
         points=3,
-        title="A Pre-LN transformer block",
-        reference=answer("07", "PreLNBlock"),
-        cases=_pre_ln_cases,
-        run=_run_pre_ln,
-        diagnose=_pre_ln_diagnose,
-        atol=1e-4,
-        rtol=1e-4,
-        # the course's own Block(norm_position="pre") is this exercise's answer
-        forbidden=("Block",),
+        title="Group-norm backward: dx, dgamma, dbeta",
+        reference=answer("07", "group_norm_backward"),
+        cases=_backward_cases,
+        diagnose=_gn_backward_diagnose,
+        atol=1e-7,
+        rtol=1e-5,
+        forbidden=BACKWARD_BY_HAND,
         hints=(
-            "Pre-LN normalizes the input of each sub-layer, never the residual stream "
-            "itself. Which four submodules does the block need, under which names (the "
-            "check loads weights by name)?",
-            "In __init__ (after super().__init__()): self.ln1 = nn.LayerNorm(d_model), "
-            "self.attn = SelfAttention(d_model, n_heads), self.ln2 = "
-            "nn.LayerNorm(d_model), self.ff = FeedForward(d_model, d_ff).",
-            "forward: x = x + self.attn(self.ln1(x)), then x = x + "
-            "self.ff(self.ln2(x)); the stack normalizes the stream once, after the "
-            "last block.",
+            "Inside one group this is layer norm's backward. Which view of the tensor "
+            "makes every group one row, and which parameters stay per channel?",
+            "dbeta = dout.sum(axis=(0, 2, 3)) and dgamma = (dout * x_hat).sum(axis=(0, "
+            "2, 3)). For dx, work in the grouped view: g = (dout * gamma[per "
+            "channel]).reshape(N, G, -1) and x_hat.reshape(N, G, -1); every mean runs "
+            "over axis 2 (one group).",
+            "dx = (g - g.mean(2, keepdims=True) - xh * (g * xh).mean(2, "
+            "keepdims=True)) / np.sqrt(var + eps), then reshape to x.shape.",
+        ),
+    ),
+    Exercise(
+        id="07.GroupNorm",
+        name="GroupNorm",
+        points=2,
+        title="A GroupNorm nn.Module from primitive ops that matches torch.nn.GroupNorm",
+        reference=answer("07", "GroupNorm"),
+        cases=_module_cases,
+        run=_module_run,
+        diagnose=_module_diagnose,
+        atol=1e-5,
+        rtol=1e-4,
+        forbidden=forbidden_except("GroupNorm"),
+        hints=(
+            "Mirror torch: nn.GroupNorm checks its arguments when it is built and has "
+            "per-channel parameters. What must happen when C is not divisible by G?",
+            "In __init__, raise ValueError(f'num_channels ({C}) must be divisible by "
+            "num_groups ({G})') when C % G != 0. Parameters when affine: weight = "
+            "nn.Parameter(torch.ones(C)), bias = nn.Parameter(torch.zeros(C)); "
+            "otherwise register_parameter('weight', None) and the same for bias.",
+            "forward for (N, C, *): xg = x.reshape(N, G, -1); mean and biased variance "
+            "over dim 2; normalize, reshape to x.shape, then weight and bias viewed as "
+            "(1, C, 1, ...).",
         ),
     ),
 )

@@ -1,413 +1,367 @@
-"""Lesson 08 (best practices): weight-decay groups, recalibrating batch-norm statistics, and
-the capstone (fix a broken training run), graded as four exercises that share the learner's
-``train_fixed`` function.
-"""
+"""Lesson 08 (placement): assemble a block in a given order, the two residual orders, and a
+Pre-LN transformer block."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from ..experiments import capstone
-from ..models import make_cnn, make_mlp
-from .core import Case, Exercise, answer
+from ..experiments.transformer import Block
+from .core import Case, Exercise, answer, compare
 from .registry import register
 
-# ----------------------------------------------------------------------------------------------
-# 08.param_groups
-# ----------------------------------------------------------------------------------------------
-
-
-_GROUP_MODELS = {
-    "mlp, batch norm before": lambda: make_mlp(depth=2, width=6, in_features=5, norm="batch"),
-    "mlp, layer norm after": lambda: make_mlp(
-        depth=2, width=6, in_features=5, norm="layer", placement="after"
-    ),
-    "mlp, RMS norm": lambda: make_mlp(depth=3, width=4, in_features=3, norm="rms"),
-    "cnn, group norm": lambda: make_cnn(channels=(4, 8), norm="group", image_size=8),
-    "cnn, instance norm": lambda: make_cnn(channels=(4,), norm="instance", image_size=4),
-    "mlp, no norm": lambda: make_mlp(depth=2, width=5, in_features=4),
-    "mlp, no biases": lambda: make_mlp(depth=2, width=5, in_features=4, bias=False),
-}
-
-
-def _run_groups(obj, case: Case):
-    model = _GROUP_MODELS[case.meta["model"]]()
-    wd = case.meta["weight_decay"]
-    groups = obj(model, wd)
-    if not isinstance(groups, (list, tuple)) or len(groups) != 2:
-        raise TypeError(
-            "param_groups must return a list of two dicts: [decay group, no-decay group]"
-        )
-    names = {id(p): n for n, p in model.named_parameters()}
-    seen: list[str] = []
-    out = {}
-    for key, group in zip(("decay", "no_decay"), groups):
-        if not isinstance(group, dict) or "params" not in group:
-            raise TypeError("each group must be a dict with 'params' and 'weight_decay'")
-        params = list(group["params"])
-        unknown = [p for p in params if id(p) not in names]
-        if unknown:
-            raise ValueError("a group holds tensors that are not parameters of the model")
-        listed = [names[id(p)] for p in params]
-        seen += listed
-        out[key] = ", ".join(sorted(listed))
-        out[f"{key}_weight_decay"] = float(group.get("weight_decay", float("nan")))
-    out["every parameter exactly once"] = sorted(seen) == sorted(names.values())
-    try:  # the groups must be usable as they are
-        torch.optim.SGD(list(groups), lr=0.1)
-        out["usable by torch.optim"] = True
-    except (ValueError, TypeError):
-        out["usable by torch.optim"] = False
-    return out
-
-
-def _groups_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
-    keys = list(_GROUP_MODELS)
-    if hidden:
-        keys = [keys[i] for i in rng.permutation(len(keys))]
-    return [
-        Case(label=k, meta=dict(model=k, weight_decay=float(np.round(rng.uniform(1e-4, 0.1), 5))))
-        for k in keys
-    ]
-
-
-def _groups_diagnose(got, expected, case: Case):
-    if not isinstance(got, dict):
-        return None
-    if not got.get("every parameter exactly once", True):
-        return "every parameter of the model must be in exactly one of the two groups"
-    if got.get("decay") != expected.get("decay") or got.get("no_decay") != expected.get("no_decay"):
-        wrong_decay = (
-            set(got.get("decay", "").split(", ")) - set(expected["decay"].split(", ")) - {""}
-        )
-        wrong_keep = (
-            set(got.get("no_decay", "").split(", ")) - set(expected["no_decay"].split(", ")) - {""}
-        )
-        if wrong_decay:
-            return (
-                f"these should not be decayed (biases and normalization parameters): "
-                f"{sorted(wrong_decay)[:4]}"
-            )
-        if wrong_keep:
-            return f"these weights should be decayed: {sorted(wrong_keep)[:4]}"
-    return None
+PLACEMENTS = ("before", "after")
 
 
 # ----------------------------------------------------------------------------------------------
-# 08.recalibrate_bn
+# 08.assemble_block
 # ----------------------------------------------------------------------------------------------
 
 
-def _recal_setup(case: Case):
+def _block_parts(case: Case):
     m = case.meta
     torch.manual_seed(m["seed"])
     if m["kind"] == "mlp":
-        model = make_mlp(depth=2, width=m["width"], in_features=6, norm="batch", seed=m["seed"])
-        shape = (m["n"], 6)
+        layer = nn.Linear(m["fan_in"], m["width"])
+        norm = nn.BatchNorm1d(m["width"]) if m["norm"] == "batch" else nn.LayerNorm(m["width"])
     else:
-        model = make_cnn(channels=(3, 4), norm="batch", image_size=4, seed=m["seed"])
-        shape = (m["n"], 1, 4, 4)
-    bns = [b for b in model.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)]
-    for b in bns:  # stale statistics and a non-default momentum to restore
-        b.running_mean.uniform_(-3, 3)
-        b.running_var.uniform_(0.1, 5)
-        b.momentum = m["momentum"]
+        layer = nn.Conv2d(m["fan_in"], m["width"], 3, padding=1)
+        norm = nn.BatchNorm2d(m["width"]) if m["norm"] == "batch" else nn.GroupNorm(1, m["width"])
+    with torch.no_grad():  # a non-trivial affine part, so the order shows in the output
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    act = {"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}[m["act"]]
     g = torch.Generator().manual_seed(m["seed"] + 1)
-    x = torch.randn(shape, generator=g) * 2 + 1
-    x_test = torch.randn(shape, generator=g)[:5] * 2 + 1
-    return model, bns, x, x_test
+    shape = (m["n"], m["fan_in"]) if m["kind"] == "mlp" else (m["n"], m["fan_in"], 5, 5)
+    x = torch.randn(shape, generator=g) * 2 + 0.5
+    return layer, norm, act, x
 
 
-def _run_recal(obj, case: Case):
-    model, bns, x, x_test = _recal_setup(case)
-    weights = {
-        k: v.clone()
-        for k, v in model.state_dict().items()
-        if "running" not in k and "num_batches" not in k
-    }
-    returned = obj(model, x, case.meta["batch_size"])
-    if returned is not None and returned is not model:
-        raise ValueError("recalibrate_bn should update and return the model it was given")
-    out = {}
-    for i, b in enumerate(bns):
-        out[f"bn{i}.running_mean"] = b.running_mean.clone()
-        out[f"bn{i}.running_var"] = b.running_var.clone()
-        out[f"bn{i}.momentum"] = float(b.momentum) if b.momentum is not None else float("nan")
-    out["in eval mode"] = not any(m.training for m in model.modules())
-    out["weights unchanged"] = all(
-        torch.equal(model.state_dict()[k], v) for k, v in weights.items()
-    )
-    with torch.no_grad():
-        out["eval output"] = model.eval()(x_test)
-    return out
+def _run_assemble(obj, case: Case):
+    layer, norm, act, x = _block_parts(case)
+    try:
+        block = obj(layer, norm, act, case.meta["placement"])
+    except ValueError:
+        return "ValueError"
+    if case.meta["placement"] not in PLACEMENTS:
+        return "no error"
+    if not isinstance(block, nn.Module):
+        raise TypeError(f"assemble_block must return an nn.Module, got {type(block).__name__}")
+    given = {id(p) for mod in (layer, norm, act) for p in mod.parameters()}
+    uses_parts = {id(p) for p in block.parameters()} == given
+    block.train()
+    out = block(x)
+    return {"output": out.detach(), "uses_given_parts": uses_parts}
 
 
-def _recal_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
-    specs = (
-        [("mlp", 512, 128), ("mlp", 300, 64), ("cnn", 96, 32)]
-        if not hidden
-        else [
-            (str(k), int(rng.integers(40, 400)), int(rng.choice([16, 32, 50, 64])))
-            for k in ("mlp", "cnn", "mlp")
+def _assemble_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
+    cases = []
+    if not hidden:
+        specs = [
+            ("mlp", "batch", "relu", "before"),
+            ("mlp", "batch", "relu", "after"),
+            ("cnn", "batch", "tanh", "after"),
+            ("mlp", "layer", "sigmoid", "before"),
         ]
-    )
-    # a last batch of one sample: batch norm cannot train on it, whoever wrote the function
-    specs = [(k, n + 1 if n % bs == 1 else n, bs) for k, n, bs in specs]
-    return [
+    else:
+        specs = [
+            (
+                str(rng.choice(["mlp", "cnn"])),
+                str(rng.choice(["batch", "layer"])),
+                str(rng.choice(["relu", "tanh", "sigmoid"])),
+                p,
+            )
+            for p in PLACEMENTS
+            for _ in range(2)
+        ]
+    for kind, norm, act, placement in specs:
+        meta = dict(
+            kind=kind,
+            norm=norm,
+            act=act,
+            placement=placement,
+            seed=int(rng.integers(1 << 30)),
+            n=int(rng.integers(4, 17)),
+            fan_in=int(rng.integers(2, 9)),
+            width=int(rng.integers(2, 9)),
+        )
+        cases.append(Case(label=f"{kind}, {norm} norm, {act}, placement={placement!r}", meta=meta))
+    cases.append(
         Case(
-            label=f"{k}, {n} samples, batch_size={bs}",
+            label="placement='middle' must raise ValueError",
             meta=dict(
-                kind=k,
-                n=n,
-                batch_size=bs,
-                width=int(rng.integers(3, 9)),
-                momentum=float(rng.choice([0.01, 0.05, 0.3])),
-                seed=int(rng.integers(1 << 30)),
+                kind="mlp",
+                norm="batch",
+                act="relu",
+                placement="middle",
+                seed=3,
+                n=4,
+                fan_in=3,
+                width=3,
             ),
         )
-        for k, n, bs in specs
-    ]
+    )
+    return cases
 
 
-def _recal_diagnose(got, expected, case: Case):
+def _assemble_diagnose(got, expected, case: Case):
+    if isinstance(expected, str):
+        if got != expected:
+            return (
+                f"placement={case.meta['placement']!r} should raise ValueError naming the "
+                "allowed placements, as torch does for a bad argument"
+            )
+        return None
     if not isinstance(got, dict):
         return None
-    if got.get("weights unchanged") is False:
-        return "only the running statistics may change: no optimizer step, no gradient update"
-    if got.get("in eval mode") is False:
-        return "return the model in eval mode (model.eval()), ready to use the new statistics"
-    for key, value in expected.items():
-        if key.endswith("momentum") and not np.isclose(got.get(key, np.nan), value):
-            return f"{key.split('.')[0]}'s momentum should be restored to {value} afterwards"
-    var_key = "bn0.running_var"
-    if var_key in got and case.meta["batch_size"] < case.meta["n"]:
-        model, bns, x, _ = _recal_setup(case)
-        with torch.no_grad():
-            model.train()
-            for b in bns:
-                b.reset_running_stats()
-                b.momentum = 1.0
-            model(x)  # one batch of everything: the statistics of the full set
-            full_var = bns[0].running_var.clone()
-        if torch.allclose(torch.as_tensor(got[var_key]), full_var, atol=1e-5, rtol=1e-4):
-            return (
-                f"use batches of batch_size={case.meta['batch_size']} and average the "
-                "statistics of the batches equally (momentum=None), not one pass over all of x"
+    if not got.get("uses_given_parts", True):
+        return (
+            "the block must reuse the layer, norm and activation it is given (their "
+            "parameters), not create new ones"
+        )
+    other = "after" if case.meta["placement"] == "before" else "before"
+    layer, norm, act, x = _block_parts(case)
+    wrong = answer("08", "assemble_block")()(layer, norm, act, other).train()(x).detach()
+    if compare(got["output"], wrong, atol=1e-5, rtol=1e-4) is None:
+        return (
+            f"the output is that of placement={other!r}: for {case.meta['placement']!r} the "
+            "order should be "
+            + (
+                "layer -> norm -> act"
+                if case.meta["placement"] == "before"
+                else "layer -> act -> norm"
             )
+        )
     return None
 
 
 # ----------------------------------------------------------------------------------------------
-# The capstone: 08.capstone_accuracy / _eval_mode / _inputs_scaled / _batch_stats
+# 08.residual_forward
 # ----------------------------------------------------------------------------------------------
 
 
-_REPORTS: dict[tuple[int, int], tuple[object, float, dict]] = {}
-_REPORT_TTL = 120.0  # seconds: a re-run check after a minute or two trains again
+def _residual_parts(case: Case):
+    m = case.meta
+    torch.manual_seed(m["seed"])
+    d = m["width"]
+    fc1, fc2 = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+    bn1, bn2 = nn.BatchNorm1d(d), nn.BatchNorm1d(d)
+    with torch.no_grad():
+        for bn in (bn1, bn2):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    g = torch.Generator().manual_seed(m["seed"] + 1)
+    x = torch.randn(m["n"], d, generator=g) + 0.3
+    upstream = torch.randn(m["n"], d, generator=g)
+    return x, fc1, bn1, fc2, bn2, upstream
 
 
-def _capstone_run(obj, case: Case) -> dict:
-    """Train with the learner's ``train_fixed`` on the training split only and return the run
-    as plain data: the architecture and tensors of the returned model (the grader rebuilds and
-    measures it itself) and the fewest values per batch-norm channel seen while training.
+def _run_residual(obj, case: Case):
+    x, fc1, bn1, fc2, bn2, upstream = _residual_parts(case)
+    x.requires_grad_(True)
+    out = obj(x, fc1, bn1, fc2, bn2, case.meta["variant"])
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"residual_forward must return a tensor, got {type(out).__name__}")
+    (out * upstream).sum().backward()
+    grad = x.grad if x.grad is not None else torch.zeros_like(x)
+    return {"output": out.detach(), "grad_x": grad.detach()}
 
-    The four capstone ids share this driver, so the grader trains once per seed; in a notebook
-    the result is kept for a minute or two so the four checks train once too."""
-    seed = case.meta["seed"]
-    key = (id(obj), seed)
-    hit = _REPORTS.get(key)
-    if hit is not None and hit[0] is obj and time.monotonic() - hit[1] < _REPORT_TTL:
-        return hit[2]
-    x, y = case.args
-    data = capstone.TrainingData(
-        torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y))
+
+def _residual_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
+    sizes = (
+        [(8, 4), (16, 6)]
+        if not hidden
+        else [(int(rng.integers(3, 20)), int(rng.integers(2, 10))) for _ in range(2)]
     )
-    run = capstone.train_and_describe(obj, data, seed)
-    if len(_REPORTS) >= 8:
-        _REPORTS.pop(next(iter(_REPORTS)))
-    _REPORTS[key] = (obj, time.monotonic(), run)
-    return run
+    cases = []
+    for variant in ("original", "preact"):
+        for n, d in sizes:
+            cases.append(
+                Case(
+                    label=f"variant={variant!r}, x of shape ({n}, {d})",
+                    meta=dict(variant=variant, n=n, width=d, seed=int(rng.integers(1 << 30))),
+                )
+            )
+    return cases
 
 
-_ASSESSED: dict[int, tuple[object, capstone.CapstoneReport]] = {}
+def _residual_diagnose(got, expected, case: Case):
+    if not isinstance(got, dict) or "output" not in got:
+        return None
+    x, fc1, bn1, fc2, bn2, _ = _residual_parts(case)
+    other = "preact" if case.meta["variant"] == "original" else "original"
+    wrong = answer("08", "residual_forward")()(x, fc1, bn1, fc2, bn2, other).detach()
+    if compare(got["output"], wrong, atol=1e-5, rtol=1e-4) is None:
+        return f"the output is that of variant={other!r}; swap the two orders"
+    if case.meta["variant"] == "preact":
+        no_skip = fc2(F.relu(bn2(fc1(F.relu(bn1(x)))))).detach()
+        if compare(got["output"], no_skip, atol=1e-5, rtol=1e-4) is None:
+            return "the output misses the skip connection: add x to the branch"
+    return None
 
 
-def _assessed(run) -> capstone.CapstoneReport:
-    """:func:`capstone.assess` once per run (the four parts judge the same run)."""
-    hit = _ASSESSED.get(id(run))
-    if hit is not None and hit[0] is run:
-        return hit[1]
-    rep = capstone.assess(run)
-    if len(_ASSESSED) >= 8:
-        _ASSESSED.pop(next(iter(_ASSESSED)))
-    _ASSESSED[id(run)] = (run, rep)
-    return rep
+# ----------------------------------------------------------------------------------------------
+# 08.PreLNBlock
+# ----------------------------------------------------------------------------------------------
 
 
-def _capstone_verdict(aspect: str, rep: capstone.CapstoneReport, seed: int) -> tuple[bool, str]:
-    if rep.error:
-        return False, rep.error
-    if aspect == "accuracy":
-        ok = rep.reaches_target
-        return ok, "" if ok else (
-            f"with seed {seed} the returned model reached test accuracy {rep.accuracy:.3f} "
-            f"(in eval mode); the target is {capstone.TARGET_ACCURACY:.2f}"
+def _reference_state(case: Case) -> dict:
+    m = case.meta
+    torch.manual_seed(m["seed"])
+    ref = Block(m["d"], m["heads"], m["d_ff"], norm_position="pre")
+    with torch.no_grad():
+        for ln in (ref.ln1, ref.ln2):
+            ln.weight.uniform_(0.5, 1.5)
+            ln.bias.uniform_(-0.3, 0.3)
+    return ref.state_dict()
+
+
+def _pre_ln_input(case: Case):
+    m = case.meta
+    g = torch.Generator().manual_seed(m["seed"] + 1)
+    x = torch.randn(m["n"], m["t"], m["d"], generator=g) * 3 + 1
+    upstream = torch.randn(m["n"], m["t"], m["d"], generator=g)
+    return x, upstream
+
+
+def _run_pre_ln(obj, case: Case):
+    m = case.meta
+    block = obj(m["d"], m["heads"], m["d_ff"])
+    if not isinstance(block, nn.Module):
+        raise TypeError(f"PreLNBlock(...) must be an nn.Module, got {type(block).__name__}")
+    state = _reference_state(case)
+    mine = set(block.state_dict())
+    if mine != set(state):
+        missing = sorted(set(state) - mine)
+        extra = sorted(mine - set(state))
+        raise ValueError(
+            "PreLNBlock's parameters should be ln1, attn (SelfAttention), ln2 and ff "
+            f"(FeedForward); missing {missing[:4]}, unexpected {extra[:4]}"
         )
-    if aspect == "eval_mode":
-        ok = rep.in_eval_mode
-        return ok, "" if ok else (
-            "the model is returned in training mode: call model.eval() before "
-            "returning it, so batch norm uses its running statistics"
-        )
-    if aspect == "inputs_scaled":
-        ok = rep.inputs_scaled
-        mean, std = rep.first_layer_input
-        return ok, "" if ok else (
-            f"given raw pixels, the first Linear layer receives values with mean {mean:.3g} and "
-            f"std {std:.3g}; standardize the inputs inside the model (mean within "
-            f"+-{capstone.INPUT_MEAN_LIMIT:g}, std between {capstone.INPUT_STD_RANGE[0]:g} and "
-            f"{capstone.INPUT_STD_RANGE[1]:g})"
-        )
-    ok = rep.batch_stats_ok
-    return ok, "" if ok else (
-        f"a batch-norm layer normalized over only {rep.min_bn_batch} values per channel while "
-        f"training; use batches of at least {capstone.MIN_BN_VALUES} or a per-sample normalization"
+    block.load_state_dict(state)
+    block.train()
+    x, upstream = _pre_ln_input(case)
+    x.requires_grad_(True)
+    out = block(x)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"forward must return a tensor, got {type(out).__name__}")
+    (out * upstream).sum().backward()
+    grad = x.grad if x.grad is not None else torch.zeros_like(x)
+    return {"output": out.detach(), "grad_x": grad.detach()}
+
+
+def _pre_ln_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
+    specs = (
+        [(2, 5, 8, 2, 16), (3, 7, 16, 4, 32)]
+        if not hidden
+        else [
+            (
+                int(rng.integers(1, 5)),
+                int(rng.integers(2, 10)),
+                int(d),
+                int(h),
+                int(rng.integers(4, 40)),
+            )
+            for d, h in [(8, 2), (12, 3), (16, 4)]
+        ]
     )
-
-
-def _capstone_assess(aspect: str):
-    def assess(got, case: Case) -> str | None:
-        ok, detail = _capstone_verdict(aspect, _assessed(got), case.meta["seed"])
-        return None if ok else detail
-
-    return assess
-
-
-def _capstone_cases(rng: np.random.Generator, hidden: bool) -> list[Case]:
-    seed = int(rng.integers(1, 1_000_000)) if hidden else 0
-    train = capstone.training_data()
-    # Raw pixels are whole numbers 0-255: uint8 carries them exactly in a quarter of the bytes.
-    x = train.x_train.numpy().astype(np.uint8)
     return [
         Case(
-            args=(x, train.y_train.numpy()),
-            label=f"train_fixed(data, seed={seed})",
-            meta={"seed": seed},
+            label=f"x of shape ({n}, {t}, {d}), {h} heads, d_ff={f}",
+            meta=dict(n=n, t=t, d=d, heads=h, d_ff=f, seed=int(rng.integers(1 << 30))),
         )
+        for n, t, d, h, f in specs
     ]
 
 
-_CAPSTONE = (
-    (
-        "accuracy",
-        4,
-        "The fixed run reaches the target test accuracy with a hidden seed",
-        (
-            "Find the faults first: run the probes on the broken run (saturation per layer, the "
-            "values batch norm sees, model.training).",
-            "Batches of 64 and a learning rate around 0.1 with momentum 0.9 train this MLP in a "
-            "few hundred steps.",
-        ),
-    ),
-    (
-        "eval_mode",
-        1,
-        "The returned model is in eval mode",
-        (
-            "In which mode does the broken run hand its model back, and what does that mode "
-            "do when a single image arrives?",
-            "model.eval() switches every submodule; call it just before `return model`.",
-        ),
-    ),
-    (
-        "inputs_scaled",
-        1,
-        "The model standardizes raw pixels itself",
-        (
-            "What range of values does the first Linear layer receive from raw pixels, and "
-            "where could the scaling live so that it travels with the model to inference?",
-            "Compute the mean and std of data.x_train once and put a "
-            "course_utils.experiments.capstone.Standardize(mean, std) first in the model.",
-        ),
-    ),
-    (
-        "batch_stats",
-        2,
-        "No batch norm computed its statistics from a tiny batch",
-        (
-            "How many values does each batch-norm statistic pool in the broken run? "
-            "Measurement 2 of the diagnosis shows what that does to the normalized values.",
-            "With two samples every batch-norm output is +-1: use batches of 64, or a per-sample "
-            "normalization such as LayerNorm.",
-        ),
-    ),
-)
+def _pre_ln_diagnose(got, expected, case: Case):
+    if not isinstance(got, dict) or "output" not in got:
+        return None
+    m = case.meta
+    post = Block(m["d"], m["heads"], m["d_ff"], norm_position="post")
+    post.load_state_dict(_reference_state(case))
+    x, _ = _pre_ln_input(case)
+    with torch.no_grad():
+        wrong = post(x)
+    if compare(got["output"], wrong, atol=1e-4, rtol=1e-4) is None:
+        return (
+            "this is the Post-LN order, LN(x + f(x)); a Pre-LN block normalizes the input of "
+            "each sub-layer and adds the result to the un-normalized x: x + f(LN(x))"
+        )
+    return None
+
 
 register(
     Exercise(
-        id="08.param_groups",
-        name="param_groups",
+        id="08.assemble_block",
+        name="assemble_block",
         points=1,
-        title="Optimizer groups: no weight decay on biases and normalization parameters",
-        reference=answer("08", "param_groups"),
-        cases=_groups_cases,
-        run=_run_groups,
-        diagnose=_groups_diagnose,
+        title="Assemble layer, norm and activation in the order a placement names",
+        reference=answer("08", "assemble_block"),
+        cases=_assemble_cases,
+        run=_run_assemble,
+        diagnose=_assemble_diagnose,
+        atol=1e-5,
+        rtol=1e-4,
         forbidden=(),
         hints=(
-            "Every parameter goes in exactly one of two lists. For a parameter, how "
-            "can you tell which module it belongs to and whether it is a bias?",
-            "Loop over model.modules() and each module's "
-            "named_parameters(recurse=False). No decay for parameters named 'bias' and "
-            "for every parameter of a BatchNorm, LayerNorm, GroupNorm, InstanceNorm or "
-            "RMSNorm module (isinstance with a tuple of classes).",
-            "Return [{'params': decay, 'weight_decay': weight_decay}, {'params': "
-            "no_decay, 'weight_decay': 0.0}].",
+            "The placement only decides the order of the three modules you are given. "
+            "Which torch container runs modules one after another and keeps the very "
+            "modules you pass it?",
+            "nn.Sequential(a, b, c) runs a, then b, then c. 'before' means the norm "
+            "comes before the activation: layer, norm, act; 'after': layer, act, norm.",
+            "Anything else: raise ValueError(f\"placement must be 'before' or "
+            "'after', got {placement!r}\").",
         ),
     ),
     Exercise(
-        id="08.recalibrate_bn",
-        name="recalibrate_bn",
+        id="08.residual_forward",
+        name="residual_forward",
         points=2,
-        title="Recompute batch-norm running statistics from data",
-        reference=answer("08", "recalibrate_bn"),
-        cases=_recal_cases,
-        run=_run_recal,
-        diagnose=_recal_diagnose,
+        title="The original and the pre-activation residual block, forward",
+        reference=answer("08", "residual_forward"),
+        cases=_residual_cases,
+        run=_run_residual,
+        diagnose=_residual_diagnose,
         atol=1e-5,
         rtol=1e-4,
-        forbidden=("update_bn",),
+        forbidden=(),
         hints=(
-            "Recalibration forgets the old running statistics and averages new ones "
-            "over the given inputs, every batch counting equally. Which mode updates "
-            "them, and which attribute of each batch-norm layer decides how they are "
-            "averaged?",
-            "For every batch-norm module: remember m.momentum, call "
-            "m.reset_running_stats() and set m.momentum = None (a cumulative average "
-            "over the batches that follow). Under torch.no_grad(), in train mode, run "
-            "the model on x[i:i + batch_size] for i in range(0, len(x), batch_size).",
-            "Restore each momentum, call model.eval() and return the model.",
+            "Write each variant as a branch added to x. In which variant does "
+            "something happen after the addition, and where do the batch norms sit "
+            "relative to the linear layers?",
+            "Original: the branch is fc1 -> bn1 -> relu -> fc2 -> bn2; add x; then "
+            "relu. Pre-activation: the branch is bn1 -> relu -> fc1 -> bn2 -> relu -> "
+            "fc2; add x; nothing after the addition.",
+            "Use F.relu (torch.nn.functional) for the activations; the modules are "
+            "given, so the function builds nothing.",
         ),
     ),
-    *(
-        Exercise(
-            id=f"08.capstone_{aspect}",
-            name="train_fixed",
-            points=points,
-            title=title,
-            reference=answer("08", "train_fixed"),
-            cases=_capstone_cases,
-            run=_capstone_run,
-            assess=_capstone_assess(aspect),
-            forbidden=(),
-            hints=hints,
-            # the four parts grade one train_fixed: one hidden seed, one training run
-            seed_group="08.capstone",
-        )
-        for aspect, points, title, hints in _CAPSTONE
+    Exercise(
+        id="08.PreLNBlock",
+        name="PreLNBlock",
+        points=3,
+        title="A Pre-LN transformer block",
+        reference=answer("08", "PreLNBlock"),
+        cases=_pre_ln_cases,
+        run=_run_pre_ln,
+        diagnose=_pre_ln_diagnose,
+        atol=1e-4,
+        rtol=1e-4,
+        # the course's own Block(norm_position="pre") is this exercise's answer
+        forbidden=("Block",),
+        hints=(
+            "Pre-LN normalizes the input of each sub-layer, never the residual stream "
+            "itself. Which four submodules does the block need, under which names (the "
+            "check loads weights by name)?",
+            "In __init__ (after super().__init__()): self.ln1 = nn.LayerNorm(d_model), "
+            "self.attn = SelfAttention(d_model, n_heads), self.ln2 = "
+            "nn.LayerNorm(d_model), self.ff = FeedForward(d_model, d_ff).",
+            "forward: x = x + self.attn(self.ln1(x)), then x = x + "
+            "self.ff(self.ln2(x)); the stack normalizes the stream once, after the "
+            "last block.",
+        ),
     ),
 )

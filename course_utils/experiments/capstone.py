@@ -1,6 +1,6 @@
-"""Lesson 08's capstone: a training run with planted faults, the probes that find them, and how
+"""Lesson 09's capstone: a training run with planted faults, the probes that find them, and how
 a learner's fixed run is measured (the same way in the notebook and in the grader). The
-trusted fix is an answer: :mod:`course_utils.answers.lesson08`.
+trusted fix is an answer: :mod:`course_utils.answers.lesson09`.
 
 The contract of the exercise: ``train_fixed(data, seed) -> nn.Module`` receives the *training*
 split only (:class:`TrainingData`: raw pixel values 0-255, (N, 784), and labels) and returns a

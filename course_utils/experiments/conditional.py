@@ -1,4 +1,4 @@
-"""Lesson 10, section 2: conditional normalization (FiLM, adaLN, adaLN-Zero) against
+"""Lesson 11, section 2: conditional normalization (FiLM, adaLN, adaLN-Zero) against
 concatenating the condition.
 
 The task ("shift"): an MNIST digit d and a condition c in 0..9; the answer is (d + c) mod 10.
@@ -16,7 +16,7 @@ uniform for every c: neither input alone says anything, only their interaction d
 - ``"adaLN (gate at 1)"``: adaLN-Zero's modulation and gate, but the gate starts at 1.
 - ``"adaLN-Zero"``: h + gate(c) * f(...), the gate starting at 0 (Peebles & Xie 2023).
 
-The last three use :class:`course_utils.answers.lesson10.AdaLayerNorm` (the exercise's answer).
+The last three use :class:`course_utils.answers.lesson11.AdaLayerNorm` (the exercise's answer).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class ConditionedMLP(nn.Module):
         super().__init__()
         if arm not in ARMS:
             raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
-        from ..answers.lesson10 import AdaLayerNorm
+        from ..answers.lesson11 import AdaLayerNorm
 
         self.arm = arm
         self.stem = nn.Linear(in_features, width)
@@ -172,7 +172,7 @@ def compare_arms(
     width: int = 64,
     blocks: int = 2,
 ) -> Comparison:
-    """Lesson 07's protocol (:func:`~course_utils.experiments.placement.tune_and_confirm`):
+    """Lesson 08's protocol (:func:`~course_utils.experiments.placement.tune_and_confirm`):
     each arm's Adam learning rate tuned on ``lrs`` with ``tune_seed``, then trained again at
     it with ``confirm_seeds``. The seed draws the initial weights, batches and conditions."""
     losses: dict = {}

@@ -1,4 +1,4 @@
-"""Lesson 09: batch norm folded into the layer before it, for inference.
+"""Lesson 10: batch norm folded into the layer before it, for inference.
 
 - :func:`fold_model`: a copy of a model with every Linear/Conv -> BatchNorm pair of an
   ``nn.Sequential`` (the course's blocks are) folded into one layer, the batch norm replaced
@@ -24,7 +24,7 @@ _FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _fold_bn():
-    from ..answers.lesson09 import fold_bn
+    from ..answers.lesson10 import fold_bn
 
     return fold_bn
 

@@ -1,4 +1,4 @@
-"""Lesson 06 (instance and group norm): the cube picture, contrast invariance, and Wu & He's
+"""Lesson 07 (instance and group norm): the cube picture, contrast invariance, and Wu & He's
 batch-size experiment at small scale.
 
 - :func:`draw_cubes`: Wu & He's (2018) Fig. 2, the (N, C, H*W) cube with the entries that share

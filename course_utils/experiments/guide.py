@@ -1,10 +1,10 @@
-"""The course's decision guide (lesson 08) and map of today's architectures (lesson 10).
+"""The course's decision guide (lesson 09) and map of today's architectures (lesson 11).
 
 :func:`recommend` holds the rules (testable, no widgets); :func:`chooser` wraps it in
 ipywidgets dropdowns. Each recommendation names the lessons whose experiments measured the
 reasons, so a learner can go back to the evidence. :data:`MAP` lists well-known architecture
 families with the normalization they use; :func:`map_table` renders it as the Markdown table
-of lesson 10, and every family names the :data:`ARCHITECTURES` key whose recommendation
+of lesson 11, and every family names the :data:`ARCHITECTURES` key whose recommendation
 agrees with it (the tests check that they do).
 """
 
@@ -38,7 +38,7 @@ ARCHITECTURES = {
 }
 
 # Below this many samples per device, batch statistics get noisy enough to hurt (lessons 04
-# and 06 measured the degradation; Wu & He 2018 report it below about 16 per GPU).
+# and 07 measured the degradation; Wu & He 2018 report it below about 16 per GPU).
 SMALL_BATCH = 16
 
 
@@ -118,7 +118,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 "RMSNorm drops the mean subtraction and the bias; its speed-up depends on the "
                 "implementation",
             ),
-            ("05", "07"),
+            ("06", "08"),
             (
                 "keep LN/RMSNorm weights out of weight decay",
                 "deeper or trained at high learning rates: see 'llm' and 'vit' (QK-norm, "
@@ -136,7 +136,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 "training stalled; QK-norm bounds them and trained at a higher learning rate",
                 "RMSNorm drops the mean subtraction and the bias",
             ),
-            ("05", "07", "10"),
+            ("06", "08", "11"),
             ("keep normalization weights out of weight decay",),
         )
     if architecture == "vit":
@@ -150,7 +150,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 "average over seeds, reached a lower loss than Pre-LN alone",
                 "QK-norm when training at high learning rates or large scale",
             ),
-            ("05", "07", "10"),
+            ("06", "08", "11"),
         )
     if architecture == "dit":
         return Recommendation(
@@ -163,7 +163,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 "without the zero gate learned slowly",
                 "every block starts as the identity",
             ),
-            ("10",),
+            ("11",),
         )
     if architecture == "diffusion_unet":
         return Recommendation(
@@ -174,7 +174,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 "group norm's statistics are per sample: small batches of large images are fine",
                 "the condition enters multiplicatively, which concatenation cannot do",
             ),
-            ("06", "10"),
+            ("07", "11"),
         )
     if architecture == "rnn":
         return Recommendation(
@@ -184,7 +184,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 "per-sample statistics work for any sequence length and at batch size 1",
                 "batch norm would need separate statistics for every time step",
             ),
-            ("05",),
+            ("06",),
         )
     if architecture == "style_transfer":
         return Recommendation(
@@ -197,7 +197,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 "the batch",
                 "AdaIN is conditional normalization whose scale and shift come from the style",
             ),
-            ("06", "10"),
+            ("07", "11"),
             (
                 "use affine=True if the network should learn a per-channel scale",
                 "StyleGAN2 replaced AdaIN by weight demodulation (not measured in this course)",
@@ -214,7 +214,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                     "put only the BN modules in eval mode after model.train(), or replace BN by "
                     "GroupNorm and train longer",
                 ),
-                ("04", "06"),
+                ("05", "07"),
                 (_EVAL,),
             )
         return Recommendation(
@@ -224,7 +224,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 f"{n} samples per step are enough to update the running statistics",
                 "if the new data differ, recalibrate the running statistics before evaluating",
             ),
-            ("04", "08"),
+            ("05", "09"),
             (_EVAL,),
         )
     # cnn, detection, mlp
@@ -239,7 +239,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
                 "group and layer norm compute statistics per sample: the batch size does not "
                 "matter",
             ),
-            ("04", "06") if architecture == "mlp" else ("04", "06", "08", "10"),
+            ("04", "07") if architecture == "mlp" else ("04", "07", "09", "11"),
             (
                 "weight standardization pairs well with group norm in CNNs",
                 "or no normalization at all: scaled weight standardization and a residual gain "
@@ -258,7 +258,7 @@ def recommend(architecture: str, batch_size: int) -> Recommendation:
         "BatchNorm",
         "after the convolution or linear layer, before the activation (drop that layer's bias)",
         tuple(reasons),
-        ("03", "04", "07"),
+        ("03", "04", "05", "08"),
         (_EVAL, "no weight decay on BN weights and biases"),
     )
 
@@ -288,7 +288,7 @@ MAP = (
         "BatchNorm",
         "conv -> BN -> ReLU; inside pre-activation residual branches",
         "stable batch statistics allow larger learning rates",
-        ("03", "04", "07"),
+        ("03", "04", "08"),
         "cnn",
     ),
     Family(
@@ -297,7 +297,7 @@ MAP = (
         "GroupNorm (+ weight standardization), or frozen BatchNorm",
         "after each conv",
         "1-2 large images per device: batch statistics are too noisy",
-        ("04", "06"),
+        ("04", "07"),
         "detection",
         2,
     ),
@@ -307,7 +307,7 @@ MAP = (
         "none: scaled weight standardization, residual gains, AGC",
         "every conv; every residual branch",
         "no batch dependence; batch norm collapsed at 1 sample per device, this did not",
-        ("08", "10"),
+        ("09", "11"),
         "cnn",
         1,
     ),
@@ -317,7 +317,7 @@ MAP = (
         "LayerNorm",
         "inside the cell, every time step",
         "per-sample statistics for any length and batch",
-        ("05",),
+        ("06",),
         "rnn",
     ),
     Family(
@@ -326,7 +326,7 @@ MAP = (
         "LayerNorm (Post-LN)",
         "after each residual addition",
         "stalls without learning-rate warm-up",
-        ("07",),
+        ("08",),
         None,
     ),
     Family(
@@ -335,7 +335,7 @@ MAP = (
         "LayerNorm or RMSNorm (Pre-LN)",
         "before each sub-layer, one after the last block",
         "trains without warm-up; RMSNorm drops the mean",
-        ("05", "07"),
+        ("06", "08"),
         "transformer",
     ),
     Family(
@@ -344,7 +344,7 @@ MAP = (
         "QK-norm (on top of Pre-LN)",
         "on each head's queries and keys",
         "bounds the attention logits, which otherwise grow until training stalls",
-        ("10",),
+        ("11",),
         "llm",
     ),
     Family(
@@ -353,7 +353,7 @@ MAP = (
         "LayerScale (on top of Pre-LN LayerNorm)",
         "a learned per-channel gain on each residual branch, starting small",
         "keeps the residual stream small; a lower loss than Pre-LN alone on average",
-        ("10",),
+        ("11",),
         "vit",
     ),
     Family(
@@ -362,7 +362,7 @@ MAP = (
         "DeepNorm",
         "LN(alpha x + f(x)) with a down-scaled initialisation",
         "Post-LN that trains without warm-up",
-        ("07", "10"),
+        ("08", "11"),
         None,
     ),
     Family(
@@ -371,7 +371,7 @@ MAP = (
         "FiLM",
         "scale and shift of features from the condition",
         "the condition acts multiplicatively",
-        ("10",),
+        ("11",),
         None,
     ),
     Family(
@@ -380,7 +380,7 @@ MAP = (
         "InstanceNorm / AdaIN",
         "after each conv; AdaIN takes the style's mean and std",
         "removes the content image's per-channel statistics",
-        ("06",),
+        ("07",),
         "style_transfer",
     ),
     Family(
@@ -398,7 +398,7 @@ MAP = (
         "GroupNorm with adaptive scale and shift",
         "every residual block; scale and shift from the timestep embedding",
         "per-sample statistics; the condition acts multiplicatively",
-        ("06", "10"),
+        ("07", "11"),
         "diffusion_unet",
     ),
     Family(
@@ -407,14 +407,14 @@ MAP = (
         "adaLN-Zero",
         "every block: shift, scale and a gate from the condition, zero at start",
         "learned at once where concatenating the condition stayed at chance",
-        ("10",),
+        ("11",),
         "dit",
     ),
 )
 
 
 def map_table() -> str:
-    """:data:`MAP` as a Markdown table (lesson 10's map)."""
+    """:data:`MAP` as a Markdown table (lesson 11's map)."""
     rows = [
         "| family (examples) | normalization | where | why | measured in |",
         "| --- | --- | --- | --- | --- |",

@@ -1,4 +1,4 @@
-"""Lesson 09: normalization statistics under mixed precision (bfloat16).
+"""Lesson 10: normalization statistics under mixed precision (bfloat16).
 
 bfloat16 keeps 8 significant bits: numbers near 100 are 0.5 apart, near 1000 they are 4
 apart. A variance computed as E[x^2] - E[x]^2 subtracts two numbers of size mean^2, so when

@@ -1,4 +1,4 @@
-"""Lesson 10, section 4: a residual CNN without normalization (NF-ResNet ingredients) against
+"""Lesson 11, section 4: a residual CNN without normalization (NF-ResNet ingredients) against
 the same CNN with batch norm, as the batch each batch-norm layer sees shrinks.
 
 - :class:`ResidualCNN`: stem, ``blocks`` pre-activation residual blocks, global average pool,
@@ -6,7 +6,7 @@ the same CNN with batch norm, as the batch each batch-norm layer sees shrinks.
   2016), BN statistics over groups of ``bn_group`` samples (ghost batches: what one device
   sees when a batch is split over devices). ``norm="nf"``: no normalization; the NF-ResNet
   recipe (Brock et al. 2021a): scaled weight standardization (:class:`ScaledWSConv2d`, the
-  exercise's answer from :mod:`course_utils.answers.lesson10`) with the ReLU gain, branch
+  exercise's answer from :mod:`course_utils.answers.lesson11`) with the ReLU gain, branch
   input divided by the expected std beta of the residual stream, branch output scaled by
   alpha and by a learnable gain that starts at 0 (SkipInit, De & Smith 2020).
 - :class:`GhostBatchNorm2d`: batch norm whose training statistics come from groups of
@@ -55,7 +55,7 @@ def __getattr__(name: str):
 
 
 def _scaled_ws_conv() -> type[nn.Conv2d]:
-    from ..answers.lesson10 import ScaledWSConv2d
+    from ..answers.lesson11 import ScaledWSConv2d
 
     return ScaledWSConv2d
 

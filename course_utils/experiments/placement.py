@@ -1,4 +1,4 @@
-"""Lesson 07's experiments: where the normalization goes.
+"""Lesson 08's experiments: where the normalization goes.
 
 Every comparison uses the same fair protocol, :func:`tune_and_confirm`: each arm's learning
 rate is tuned on a grid with one seed (the *tuning* seed), then each arm is trained again at

@@ -1,4 +1,4 @@
-"""Lesson 08's practice experiments: learning rates with and without normalization, weight
+"""Lesson 09's practice experiments: learning rates with and without normalization, weight
 decay on normalization parameters, the redundant bias, stale running statistics and their
 recalibration, and running statistics kept in low precision.
 """

@@ -1,4 +1,4 @@
-"""Lesson 10, section 1: attention-logit growth at high learning rates, and QK-norm.
+"""Lesson 11, section 1: attention-logit growth at high learning rates, and QK-norm.
 
 Wortsman et al. (2023) reproduced a large-model instability in small transformers: at high
 learning rates the attention logits q·k/sqrt(d_head) grow without bound, the softmax
@@ -72,7 +72,7 @@ def copy_model(
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
     if arm == "QK-norm":
-        from ..answers.lesson10 import QKNormAttention as attention
+        from ..answers.lesson11 import QKNormAttention as attention
     else:
         attention = SelfAttention
 

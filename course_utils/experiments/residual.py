@@ -1,4 +1,4 @@
-"""Residual MLPs for lessons 07 and 08: where the batch norm sits in a residual block, and
+"""Residual MLPs for lessons 08 and 09: where the batch norm sits in a residual block, and
 what happens without any normalization.
 
 - :class:`ResidualBlock`: ``variant="original"`` (He et al. 2015) or ``"preact"`` (He et al.

@@ -1,10 +1,10 @@
-"""Lesson 10, section 3: residual scaling in deep transformer stacks (LayerScale, DeepNorm).
+"""Lesson 11, section 3: residual scaling in deep transformer stacks (LayerScale, DeepNorm).
 
 Four ways to build the same deeper stack of the course's transformer blocks
-(:class:`~course_utils.experiments.transformer.Block`), trained on lesson 07's reversal task:
+(:class:`~course_utils.experiments.transformer.Block`), trained on lesson 08's reversal task:
 
-- ``"Pre-LN"``: x + f(LN(x)), a final LN (lesson 07).
-- ``"Post-LN"``: LN(x + f(x)) (lesson 07: it needs warm-up).
+- ``"Pre-LN"``: x + f(LN(x)), a final LN (lesson 08).
+- ``"Post-LN"``: LN(x + f(x)) (lesson 08: it needs warm-up).
 - ``"Post-LN + DeepNorm"`` (Wang et al. 2022): LN(alpha x + f(x)) with alpha = (2N)^(1/4) for
   N blocks, and the value, output and feed-forward weights initialised beta = (8N)^(-1/4)
   times smaller (the encoder-only constants of the paper).
@@ -151,7 +151,7 @@ def compare_arms(
     probe_seed: int = 12345,
     **stack_kwargs,
 ) -> Result:
-    """Train every arm with every seed on sequence reversal (Adam, no warm-up; lesson 07's
+    """Train every arm with every seed on sequence reversal (Adam, no warm-up; lesson 08's
     task) and measure the residual stream on 64 sequences drawn with ``probe_seed``, before
     and after training."""
     probe, _ = reversal_batch(64, seq_len, vocab, seeding.generator(probe_seed))

@@ -1,4 +1,4 @@
-"""Lesson 05 (layer norm and RMS norm): invariances, speed, and a small sequence model.
+"""Lesson 06 (layer norm and RMS norm): invariances, speed, and a small sequence model.
 
 - :func:`batch_dependence`: how much one sample's output changes when its batch-mates change,
   for batch norm, layer norm and RMS norm.

@@ -1,8 +1,8 @@
 """Batch norm synchronised across processes, on CPU: the module, the conversion, and the
-lesson 09 experiment run over real gloo processes (or threads where gloo cannot run).
+lesson 10 experiment run over real gloo processes (or threads where gloo cannot run).
 
 torch 2.13's ``nn.SyncBatchNorm`` refuses CPU tensors, so :class:`SyncBN` calls the course's
-autograd Function (``course_utils.answers.lesson09.SyncBatchNormFunction``) with an
+autograd Function (``course_utils.answers.lesson10.SyncBatchNormFunction``) with an
 ``all_reduce`` callable: ``torch.distributed.all_reduce`` in processes, a thread barrier in
 :class:`~course_utils.experiments.distributed.ThreadGroup`.
 
@@ -51,7 +51,7 @@ def _model(depth: int, width: int, seed: int) -> nn.Module:
 
 
 def _function():
-    from ..answers.lesson09 import SyncBatchNormFunction
+    from ..answers.lesson10 import SyncBatchNormFunction
 
     return SyncBatchNormFunction
 

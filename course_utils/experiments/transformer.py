@@ -1,5 +1,5 @@
-"""A tiny hand-written transformer for lessons 07 and 10: Post-LN vs Pre-LN (Xiong et al. 2020),
-and the pieces lesson 10 adds (a causal mask, a query-key logit hook, residual scaling).
+"""A tiny hand-written transformer for lessons 08 and 11: Post-LN vs Pre-LN (Xiong et al. 2020),
+and the pieces lesson 11 adds (a causal mask, a query-key logit hook, residual scaling).
 
 The stack is written out by hand because ``nn.TransformerEncoder`` is several times slower at
 this size on a CPU (its fast paths target large batches and GPUs). Shapes: tokens (N, T) int64,
@@ -148,7 +148,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm_position == "post":
             a = self.residual_alpha
-            if a == 1.0:  # the plain Post-LN block, exactly as lesson 07 computes it
+            if a == 1.0:  # the plain Post-LN block, exactly as lesson 08 computes it
                 x = self.ln1(x + self.attn(x))
                 return self.ln2(x + self.ff(x))
             x = self.ln1(a * x + self.attn(x))

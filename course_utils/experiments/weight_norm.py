@@ -1,4 +1,4 @@
-"""Lesson 08: normalization without activation statistics.
+"""Lesson 09: normalization without activation statistics.
 
 - :func:`weight_normed_mlp`: :func:`course_utils.make_mlp` with every Linear layer
   reparametrized by ``torch.nn.utils.parametrizations.weight_norm`` (w = g v / ||v||).

@@ -21,7 +21,7 @@ The formulas (:func:`moments`, :func:`normalize`, :func:`rms_normalize`,
 :func:`normalize_backward`) are written
 once for NumPy arrays and torch tensors alike (both take ``axis=`` / ``keepdims=``).
 :mod:`.functional` computes with them in float64; :mod:`.fused` uses the layouts for its
-autograd Functions; the playground widget and lesson 06's cube figure use
+autograd Functions; the playground widget and lesson 07's cube figure use
 :func:`stat_groups`.
 """
 

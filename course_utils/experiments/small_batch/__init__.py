@@ -1,4 +1,5 @@
-"""Lesson 04 (batch norm in practice): where batch norm breaks, and the remedies.
+"""Lessons 04 and 05 (batch norm with small batches; batch norm at inference): where batch norm
+breaks, and the remedies.
 
 One module per job; every name is importable from here (``small_batch as sb``):
 
@@ -18,9 +19,10 @@ One module per job; every name is importable from here (``small_batch as sb``):
   :func:`finetune_frozen_bn` (frozen statistics when fine-tuning) and
   :func:`regularization_experiment` (batch-statistics noise compared with dropout).
 
-The exercises' answers ``GhostBatchNorm1d`` (Hoffer et al. 2017), ``recalibrate_bn``
-('precise BN' on recent data) and ``evaluate_accuracy`` (the correct evaluation loop) live
-in :mod:`course_utils.answers.lesson04`; this package imports them on first use.
+The exercises' answers ``GhostBatchNorm1d`` (Hoffer et al. 2017; in
+:mod:`course_utils.answers.lesson04`), ``recalibrate_bn`` ('precise BN' on recent data) and
+``evaluate_accuracy`` (the correct evaluation loop; both in :mod:`course_utils.answers.lesson05`)
+live with the answers; this package imports them on first use.
 """
 
 from __future__ import annotations
@@ -62,10 +64,15 @@ __all__ = [
 
 def __getattr__(name: str):
     """``GhostBatchNorm1d``, ``recalibrate_bn`` and ``evaluate_accuracy`` are the exercises'
-    answers: they live in :mod:`course_utils.answers.lesson04` and are imported from there on
-    first use (importing this package never imports an answer)."""
-    if name in ("GhostBatchNorm1d", "recalibrate_bn", "evaluate_accuracy"):
+    answers: they live in :mod:`course_utils.answers.lesson04` (the first) and
+    :mod:`course_utils.answers.lesson05` (the other two) and are imported from there on first
+    use (importing this package never imports an answer)."""
+    if name == "GhostBatchNorm1d":
         from ...answers import lesson04
 
         return getattr(lesson04, name)
+    if name in ("recalibrate_bn", "evaluate_accuracy"):
+        from ...answers import lesson05
+
+        return getattr(lesson05, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Lesson 04's data: MNIST at 14x14 with a validation split, seeded sample orders, and
+"""Lessons 04 and 05's data: MNIST at 14x14 with a validation split, seeded sample orders, and
 inputs as if the raw images had changed (contrast and brightness)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Lesson 04's ensemble: K two-layer MLPs with different normalizations, learning rates and
+"""Lessons 04 and 05's ensemble: K two-layer MLPs with different normalizations, learning rates and
 seeds, trained at once on the course's engine (:mod:`course_utils.ensemble`).
 
 Each member is an ordinary ``make_mlp`` network (``Linear -> norm -> ReLU`` twice, then a

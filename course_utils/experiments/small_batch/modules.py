@@ -1,4 +1,5 @@
-"""Lesson 04's torch modules and module helpers: batch renormalization, frozen statistics."""
+"""Torch modules and module helpers of lessons 04 and 05: batch renormalization (04), frozen
+statistics (05)."""
 
 from __future__ import annotations
 

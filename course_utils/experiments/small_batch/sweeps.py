@@ -1,5 +1,5 @@
-"""Lesson 04's experiments: the fair batch-size sweep, ghost batches, fine-tuning with frozen
-statistics, and batch norm's noise compared with dropout."""
+"""Lessons 04 and 05's experiments: the fair batch-size sweep and ghost batches (04); fine-tuning
+with frozen statistics and batch norm's noise compared with dropout (05)."""
 
 from __future__ import annotations
 

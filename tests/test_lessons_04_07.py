@@ -1,4 +1,4 @@
-"""Unit tests for the machinery of lessons 04-06 and their exercises (fast: a few seconds)."""
+"""Unit tests for the machinery of lessons 04-07 and their exercises (fast: a few seconds)."""
 
 from __future__ import annotations
 
@@ -18,25 +18,26 @@ from course_utils.experiments import sequence as Q
 from course_utils.experiments import small_batch as S
 
 EXERCISES = {
-    "04": ("04.GhostBatchNorm1d", "04.recalibrate_bn", "04.evaluate_accuracy"),
-    "05": (
-        "05.layer_norm_forward",
-        "05.layer_norm_backward",
-        "05.rms_norm_forward",
-        "05.rms_norm_backward",
-        "05.LayerNorm",
-    ),
+    "04": ("04.GhostBatchNorm1d",),
+    "05": ("05.recalibrate_bn", "05.evaluate_accuracy"),
     "06": (
-        "06.instance_norm_forward",
-        "06.group_norm_forward",
-        "06.group_norm_backward",
-        "06.GroupNorm",
+        "06.layer_norm_forward",
+        "06.layer_norm_backward",
+        "06.rms_norm_forward",
+        "06.rms_norm_backward",
+        "06.LayerNorm",
+    ),
+    "07": (
+        "07.instance_norm_forward",
+        "07.group_norm_forward",
+        "07.group_norm_backward",
+        "07.GroupNorm",
     ),
 }
 ALL_IDS = [i for ids in EXERCISES.values() for i in ids]
 
 # ------------------------------------------------------------------------------------------
-# lesson 04: data and the torch helpers (the ensembles: tests/test_ensemble.py)
+# lessons 04 and 05: data and the torch helpers (the ensembles: tests/test_ensemble.py)
 # ------------------------------------------------------------------------------------------
 
 
@@ -111,7 +112,7 @@ def test_freeze_bn_statistics_keeps_affine_learning():
 
 
 # ------------------------------------------------------------------------------------------
-# lesson 05
+# lesson 06
 # ------------------------------------------------------------------------------------------
 
 
@@ -143,7 +144,7 @@ def test_time_norms_reports_every_timing():
 
 
 # ------------------------------------------------------------------------------------------
-# lesson 06
+# lesson 07
 # ------------------------------------------------------------------------------------------
 
 
@@ -192,7 +193,7 @@ def test_exercise_diagnoses_name_the_mistake():
             correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
         return correct / len(x)
 
-    assert "model.eval()" in verify("04.evaluate_accuracy", buggy_eval).message
+    assert "model.eval()" in verify("05.evaluate_accuracy", buggy_eval).message
 
     def no_reset(model, x, batch_size=64):
         model.train()
@@ -201,18 +202,18 @@ def test_exercise_diagnoses_name_the_mistake():
                 model(x[i : i + batch_size])
         model.eval()
 
-    assert "reset" in verify("04.recalibrate_bn", no_reset).message
+    assert "reset" in verify("05.recalibrate_bn", no_reset).message
 
     def ln_over_batch(x, gamma, beta, eps=1e-5):
         return (x - x.mean(0)) / np.sqrt(x.var(0) + eps) * gamma + beta
 
-    assert "batch norm" in verify("05.layer_norm_forward", ln_over_batch).message
+    assert "batch norm" in verify("06.layer_norm_forward", ln_over_batch).message
 
     def rms_centred(x, weight, eps=1e-6):
         c = x - x.mean(-1, keepdims=True)
         return c / np.sqrt((c**2).mean(-1, keepdims=True) + eps) * weight
 
-    assert "subtracts the mean" in verify("05.rms_norm_forward", rms_centred).message
+    assert "subtracts the mean" in verify("06.rms_norm_forward", rms_centred).message
 
     def gn_strided(x, groups, gamma, beta, eps=1e-5):
         n, c = x.shape[:2]
@@ -221,7 +222,7 @@ def test_exercise_diagnoses_name_the_mistake():
         y = ((xs - mu) / np.sqrt(var + eps)).reshape(x.shape)
         return y * gamma.reshape(1, -1, 1, 1) + beta.reshape(1, -1, 1, 1)
 
-    assert "consecutive" in verify("06.group_norm_forward", gn_strided).message
+    assert "consecutive" in verify("07.group_norm_forward", gn_strided).message
 
 
 def test_module_exercises_refuse_torch_kernels():
@@ -234,15 +235,20 @@ def test_module_exercises_refuse_torch_kernels():
         def forward(self, x):
             return self.inner(x)
 
-    v = verify("06.GroupNorm", Wrapped)
+    v = verify("07.GroupNorm", Wrapped)
     assert v.status == "failed" and "primitive" in v.message
 
 
 def test_exercise_ids_points_and_forbidden_lists():
     points = {i: get_exercise(i).points for i in ALL_IDS}
-    assert sum(points[i] for i in EXERCISES["04"]) == 7
-    assert sum(points[i] for i in EXERCISES["05"]) == 9
-    assert sum(points[i] for i in EXERCISES["06"]) == 8
-    # the first exercise of each lesson (in id order) must forbid torch's normalization
-    for ids in EXERCISES.values():
-        assert "layer_norm" in get_exercise(sorted(ids)[0]).forbidden
+    assert sum(points[i] for i in EXERCISES["04"]) == 3
+    assert sum(points[i] for i in EXERCISES["05"]) == 4
+    assert sum(points[i] for i in EXERCISES["06"]) == 9
+    assert sum(points[i] for i in EXERCISES["07"]) == 8
+    # the first exercise of each lesson (in id order) must forbid torch's normalization, except
+    # in lesson 05, whose exercises run a model made of torch's batch-norm layers
+    for lesson, ids in EXERCISES.items():
+        if lesson == "05":
+            assert all(get_exercise(i).forbidden == () for i in ids)
+        else:
+            assert "layer_norm" in get_exercise(sorted(ids)[0]).forbidden

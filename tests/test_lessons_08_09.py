@@ -1,4 +1,4 @@
-"""Lessons 07 (placement) and 08 (best practices): the experiment modules, the decision guide,
+"""Lessons 08 (placement) and 09 (best practices): the experiment modules, the decision guide,
 and the exercises (reference passes visible and hidden cases; typical mistakes get the
 specific verdict)."""
 
@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from course_utils import load_mnist, make_mlp
-from course_utils.answers import lesson07 as A7
-from course_utils.answers import lesson08 as A8
+from course_utils.answers import lesson08 as A7
+from course_utils.answers import lesson09 as A8
 from course_utils.exercises import get_exercise, verify
-from course_utils.exercises import lesson08 as L8
+from course_utils.exercises import lesson09 as L8
 from course_utils.experiments import capstone, guide, placement, practice, residual, transformer
 from course_utils.experiments import weight_norm as wn
 
@@ -27,7 +27,7 @@ from course_utils.experiments import weight_norm as wn
 def test_recommend_answers_every_case_with_reasons_and_lessons(arch, batch):
     r = guide.recommend(arch, batch)
     assert r.norm and r.placement and r.reasons and r.lessons
-    assert all(len(lesson) == 2 and lesson.isdigit() and int(lesson) <= 10 for lesson in r.lessons)
+    assert all(len(lesson) == 2 and lesson.isdigit() and int(lesson) <= 11 for lesson in r.lessons)
     text = r.to_text()
     assert r.norm in text and "lesson" in text
     assert r.norm in r._repr_html_()
@@ -54,14 +54,14 @@ def test_recommend_rules(arch, batch, expected):
     assert expected in guide.recommend(arch, batch).norm
 
 
-def test_recommend_transformer_says_pre_ln_and_points_to_lesson_07():
+def test_recommend_transformer_says_pre_ln_and_points_to_lesson_08():
     r = guide.recommend("transformer", 32)
-    assert "Pre-LN" in r.placement and "07" in r.lessons
+    assert "Pre-LN" in r.placement and "08" in r.lessons
 
 
 def test_recommend_small_batch_batchnorm_cases_point_to_the_batch_size_lessons():
     for arch in ("cnn", "detection", "mlp"):
-        assert {"04", "06"} <= set(guide.recommend(arch, 2).lessons)
+        assert {"04", "07"} <= set(guide.recommend(arch, 2).lessons)
 
 
 @pytest.mark.parametrize("args", [("resnet", 32), ("cnn", 0), ("cnn", -4), ("cnn", 2.5)])
@@ -273,11 +273,11 @@ def test_serve_one_at_a_time_shows_the_train_mode_failure():
 # ----------------------------------------------------------------------------------------------
 
 CHEAP = [
-    "07.assemble_block",
-    "07.residual_forward",
-    "07.PreLNBlock",
-    "08.param_groups",
-    "08.recalibrate_bn",
+    "08.assemble_block",
+    "08.residual_forward",
+    "08.PreLNBlock",
+    "09.param_groups",
+    "09.recalibrate_bn",
 ]
 
 
@@ -301,7 +301,7 @@ def _raises(*args, **kwargs):
     raise NotImplementedError
 
 
-@pytest.mark.parametrize("ex_id", CHEAP + ["08.capstone_accuracy"])
+@pytest.mark.parametrize("ex_id", CHEAP + ["09.capstone_accuracy"])
 def test_placeholder_is_not_started(ex_id):
     assert verify(ex_id, _raises).status == "not started"
 
@@ -310,7 +310,7 @@ def test_assemble_block_mistakes():
     def swapped(l, n, a, p):
         return A7.assemble_block(l, n, a, "after" if p == "before" else "before")
 
-    v = verify("07.assemble_block", swapped)
+    v = verify("08.assemble_block", swapped)
     assert not v.passed and "placement='after'" in v.message
 
     def fresh(l, n, a, p):
@@ -320,26 +320,26 @@ def test_assemble_block_mistakes():
             else A7.assemble_block(l, n, a, p)
         )
 
-    assert "reuse" in verify("07.assemble_block", fresh).message
+    assert "reuse" in verify("08.assemble_block", fresh).message
 
     def lenient(l, n, a, p):
         return nn.Sequential(l, n, a) if p != "after" else nn.Sequential(l, a, n)
 
-    assert "ValueError" in verify("07.assemble_block", lenient).message
+    assert "ValueError" in verify("08.assemble_block", lenient).message
 
 
 def test_residual_forward_mistakes():
     def swapped(x, f1, b1, f2, b2, v):
         return A7.residual_forward(x, f1, b1, f2, b2, "preact" if v == "original" else "original")
 
-    assert "swap" in verify("07.residual_forward", swapped).message
+    assert "swap" in verify("08.residual_forward", swapped).message
 
     def no_skip(x, f1, b1, f2, b2, v):
         if v == "original":
             return A7.residual_forward(x, f1, b1, f2, b2, v)
         return f2(torch.relu(b2(f1(torch.relu(b1(x))))))
 
-    assert "skip connection" in verify("07.residual_forward", no_skip).message
+    assert "skip connection" in verify("08.residual_forward", no_skip).message
 
 
 def test_pre_ln_block_mistakes():
@@ -348,7 +348,7 @@ def test_pre_ln_block_mistakes():
             super().__init__(d, h, f)
             self.norm_position = "post"
 
-    assert "Post-LN" in verify("07.PreLNBlock", Post).message
+    assert "Post-LN" in verify("08.PreLNBlock", Post).message
 
     class Renamed(nn.Module):
         def __init__(self, d, h, f):
@@ -358,7 +358,7 @@ def test_pre_ln_block_mistakes():
         def forward(self, x):
             return self.norm1(x)
 
-    v = verify("07.PreLNBlock", Renamed)
+    v = verify("08.PreLNBlock", Renamed)
     assert not v.passed and "ln1" in v.message
 
 
@@ -369,7 +369,7 @@ def test_param_groups_mistakes():
             {"params": [], "weight_decay": 0.0},
         ]
 
-    assert "should not be decayed" in verify("08.param_groups", everything).message
+    assert "should not be decayed" in verify("09.param_groups", everything).message
 
     def twice(m, wd):
         return [
@@ -377,7 +377,7 @@ def test_param_groups_mistakes():
             {"params": [p for p in m.parameters() if p.ndim == 1], "weight_decay": 0.0},
         ]
 
-    assert "exactly one" in verify("08.param_groups", twice).message
+    assert "exactly one" in verify("09.param_groups", twice).message
 
     def by_ndim(m, wd):
         return [
@@ -385,7 +385,7 @@ def test_param_groups_mistakes():
             {"params": [p for p in m.parameters() if p.ndim <= 1], "weight_decay": 0.0},
         ]
 
-    assert verify("08.param_groups", by_ndim).passed  # an equivalent rule for these models
+    assert verify("09.param_groups", by_ndim).passed  # an equivalent rule for these models
 
 
 def test_recalibrate_bn_mistakes():
@@ -393,7 +393,7 @@ def test_recalibrate_bn_mistakes():
         A8.recalibrate_bn(model, x, batch_size)
         return model.train()
 
-    assert "eval mode" in verify("08.recalibrate_bn", train_mode).message
+    assert "eval mode" in verify("09.recalibrate_bn", train_mode).message
 
     def one_pass(model, x, batch_size=256):
         bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -407,7 +407,7 @@ def test_recalibrate_bn_mistakes():
             m.momentum = mom
         return model.eval()
 
-    assert "batches of batch_size" in verify("08.recalibrate_bn", one_pass).message
+    assert "batches of batch_size" in verify("09.recalibrate_bn", one_pass).message
 
     def keeps_none(model, x, batch_size=256):
         A8.recalibrate_bn(model, x, batch_size)
@@ -416,8 +416,8 @@ def test_recalibrate_bn_mistakes():
                 m.momentum = None
         return model
 
-    assert "momentum" in verify("08.recalibrate_bn", keeps_none).message
-    assert get_exercise("08.recalibrate_bn").forbidden == ("update_bn",)
+    assert "momentum" in verify("09.recalibrate_bn", keeps_none).message
+    assert get_exercise("09.recalibrate_bn").forbidden == ("update_bn",)
 
 
 @pytest.mark.slow
@@ -433,7 +433,7 @@ def test_capstone_reference_passes_and_broken_run_fails_every_part(monkeypatch):
     L8._REPORTS.clear()
     parts = ("accuracy", "eval_mode", "inputs_scaled", "batch_stats")
     for part in parts:
-        ex = get_exercise(f"08.capstone_{part}")
+        ex = get_exercise(f"09.capstone_{part}")
         assert ex.name == "train_fixed"
         for case in ex.cases(np.random.default_rng(7), True):
             got = ex.run(A8.train_fixed, case)
@@ -441,8 +441,8 @@ def test_capstone_reference_passes_and_broken_run_fails_every_part(monkeypatch):
             assert ex.judge(got, case) is None
     assert len(calls) == 1  # one training shared by the four parts
     for part in parts:
-        v = verify(f"08.capstone_{part}", capstone.train_broken)
+        v = verify(f"09.capstone_{part}", capstone.train_broken)
         assert not v.passed and v.message
-    messages = " ".join(verify(f"08.capstone_{p}", capstone.train_broken).message for p in parts)
+    messages = " ".join(verify(f"09.capstone_{p}", capstone.train_broken).message for p in parts)
     assert "eval()" in messages and "standardize" in messages and "2 values per channel" in messages
-    assert sum(get_exercise(f"08.capstone_{p}").points for p in parts) == 8
+    assert sum(get_exercise(f"09.capstone_{p}").points for p in parts) == 8
