@@ -67,7 +67,7 @@ test: setup-dev
 	$(BIN)/ruff format --check course_utils tests
 	$(BIN)/python -m course_utils.build --check
 	$(BIN)/python -m pytest -q -rs tests --timeout 900
-	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --timeout 300 -p no:randomly solutions lessons
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --nbval-lax --nbval-current-env --timeout 300 -p no:randomly solutions lessons
 	$(BIN)/python -m course_utils.claims --shifts 2 --no-original --out test-artifacts/claims-ci.md
 
 # the unit tests alone (CI runs them on Python 3.10 too: make unit PYTHON=python3.10 VENV=.venv-py310)
