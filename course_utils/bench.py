@@ -69,7 +69,7 @@ def bench_notebooks(
         for path in sorted(folder.glob("*.ipynb")):
             times = [execute_notebook(path, Path(out) / path.name) for _ in range(repeat)]
             rows.append((path.name, statistics.median(times), max(times)))
-        print(f"  {path.name}: median {rows[-1][1]:.1f} s", flush=True)
+            print(f"  {path.name}: median {rows[-1][1]:.1f} s", flush=True)
     return rows
 
 

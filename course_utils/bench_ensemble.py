@@ -69,8 +69,14 @@ import course_utils
 from course_utils.experiments import group_norm as gn, sequence as sq, small_batch as sb
 sb.mnist14(); sb.mnist14(images=True)
 def usage():
+    # VmHWM is this process's own peak; ru_maxrss keeps the parent's across fork + exec
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime, r.ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as f:
+            rss = next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        rss = r.ru_maxrss / 1024
+    return r.ru_utime + r.ru_stime, rss
 cpu0, rss0 = usage(); t0 = time.perf_counter()
 {call}
 cpu1, rss1 = usage()
