@@ -225,7 +225,7 @@ class ScalingExplorer(CourseWidget):
                 ax.set_ylim(-lim, lim)
                 sd = Xs.std(0)
                 std_text = ax.text(
-                    0.5, 1.02, f"std {sd[0]:.2g} and {sd[1]:.2g}", transform=ax.transAxes,
+                    0.5, 1.02, f"std {sd[0]:.2g}, {sd[1]:.2g}", transform=ax.transAxes,
                     ha="center", va="bottom", fontsize=10, color=GREY,
                 )  # fmt: skip
                 x0, x1, y0, y1 = self._window(p)
